@@ -1,0 +1,183 @@
+"""C MuJoCo physics behind the functional JAX API, for CPUs.
+
+MJX-JAX on a CPU runs this scene ~10x slower than single-thread C MuJoCo (mjx_port_notes.md §9), so on CPU
+the default backend steps the *stock* gymnasium-robotics model with C MuJoCo, batched over a thread pool
+(MuJoCo releases the GIL in mj_step), reached from jitted code through `jax.pure_callback`.
+
+The physics state travels as the float64 `mjSTATE_INTEGRATION` vector viewed as uint32 pairs, so a state
+round-trips bit-exactly even with JAX's default float32, and `step` stays a pure function of its inputs:
+the trajectories are gymnasium-robotics' own, bit for bit.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from gymnasium_robotics.utils.rotations import mat2euler as np_mat2euler
+
+from fetchjax.envs import scene
+from fetchjax.envs.tasks import FetchTask
+
+_STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def default_threads() -> int:
+  return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class _HostSim:
+  """The numpy side: steps and resets env batches with C MuJoCo, one MjData per worker thread."""
+
+  def __init__(self, task: FetchTask, m: mujoco.MjModel, reset: scene.ResetState, threads: int):
+    self.task, self.m, self.reset_state = task, m, reset
+    self.ids = scene.SceneIds.of(m)
+    self.nstate = mujoco.mj_stateSize(m, _STATE_SPEC)
+    self.dt = task.n_substeps * m.opt.timestep
+    self.threads = threads
+    self._datas = [mujoco.MjData(m) for _ in range(threads)]
+    self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    self.obs_size = task.obs_size
+
+  # Work on index ranges of the batch, one range per thread.
+  def _parallel(self, fn, n):
+    if self._pool is None or n < 2:
+      fn(self._datas[0], range(n))
+      return
+    bounds = np.linspace(0, n, min(self.threads, n) + 1).astype(int)
+    futures = [self._pool.submit(fn, self._datas[k], range(bounds[k], bounds[k + 1]))
+               for k in range(len(bounds) - 1)]
+    for f in futures:
+      f.result()
+
+  def _new_buffers(self, n):
+    nv = self.m.nv
+    return dict(state=np.empty((n, self.nstate)), grip=np.empty((n, 3)), jac=np.zeros((n, 3, 3, nv)),
+                qvel=np.empty((n, nv)), fq=np.empty((n, 2)), fv=np.empty((n, 2)), opos=np.zeros((n, 3)),
+                omat=np.zeros((n, 3, 3)))
+
+  def _record(self, d, i, buf):
+    """Everything `generate_mujoco_observations` reads, from a forwarded MjData."""
+    ids, m = self.ids, self.m
+    buf["grip"][i] = d.site_xpos[ids.grip_site]
+    mujoco.mj_jacSite(m, d, buf["jac"][i, 0], None, ids.grip_site)
+    if self.task.has_object:
+      buf["opos"][i] = d.site_xpos[ids.object_site]
+      buf["omat"][i] = d.site_xmat[ids.object_site].reshape(3, 3)
+      mujoco.mj_jacSite(m, d, buf["jac"][i, 1], buf["jac"][i, 2], ids.object_site)
+    buf["qvel"][i] = d.qvel
+    buf["fq"][i] = d.qpos[list(ids.finger_qposadr)]
+    buf["fv"][i] = d.qvel[list(ids.finger_dofadr)]
+    mujoco.mj_getState(m, d, buf["state"][i], _STATE_SPEC)
+
+  def _observations(self, buf):
+    """`_get_obs` vectorised over the batch (float64, as upstream), returned as float32."""
+    dt = self.dt
+    vel = np.einsum("nkjv,nv->nkj", buf["jac"], buf["qvel"]) * dt
+    grip_velp = vel[:, 0]
+    parts = [buf["grip"]]
+    if self.task.has_object:
+      parts += [buf["opos"], buf["opos"] - buf["grip"]]
+    parts.append(buf["fq"])
+    if self.task.has_object:
+      parts += [np_mat2euler(buf["omat"]), vel[:, 1] - grip_velp, vel[:, 2]]
+    parts += [grip_velp, buf["fv"] * dt]
+    achieved = buf["opos"] if self.task.has_object else buf["grip"]
+    return np.concatenate(parts, axis=-1).astype(np.float32), achieved.astype(np.float32)
+
+  def _reset_into(self, d, xy):
+    """MujocoRobotEnv._reset_sim with the object position given."""
+    rs = self.reset_state
+    mujoco.mj_resetData(self.m, d)
+    d.time = rs.time
+    d.qpos[:] = rs.qpos
+    d.qvel[:] = rs.qvel
+    if self.task.has_object:
+      d.qpos[self.ids.object_qposadr:self.ids.object_qposadr + 2] = xy
+    mujoco.mj_forward(self.m, d)
+
+  def reset(self, object_xy):
+    object_xy = np.asarray(object_xy, np.float64)
+    lead = object_xy.shape[:-1]
+    xy = object_xy.reshape(-1, 2)
+    buf = self._new_buffers(len(xy))
+
+    def work(d, idx):
+      for i in idx:
+        self._reset_into(d, xy[i])
+        self._record(d, i, buf)
+
+    self._parallel(work, len(xy))
+    obs, ag = self._observations(buf)
+    return (buf["state"].view(np.uint32).reshape(lead + (-1,)), obs.reshape(lead + obs.shape[-1:]),
+            ag.reshape(lead + (3,)))
+
+  def step(self, state, action, reset_mask, reset_xy):
+    lead = state.shape[:-1]
+    state = np.ascontiguousarray(state).reshape(-1, 2 * self.nstate).view(np.float64)
+    action = np.asarray(action).reshape(-1, 4)
+    mask = np.asarray(reset_mask).reshape(-1)
+    xy = np.asarray(reset_xy, np.float64).reshape(-1, 2)
+    n = len(state)
+    term, nxt = self._new_buffers(n), self._new_buffers(n)
+    ids, m, task = self.ids, self.m, self.task
+
+    def work(d, idx):
+      for i in idx:
+        mujoco.mj_setState(m, d, state[i], _STATE_SPEC)
+        mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
+        # _set_action/mocap_set_action: 0.05*a in the action's dtype, added to the body pose in float64.
+        d.mocap_pos[0] = d.xpos[ids.gripper_body] + action[i, :3] * 0.05
+        d.mocap_quat[0] = d.xquat[ids.gripper_body] + np.array([1.0, 0.0, 1.0, 0.0])
+        mujoco.mj_step(m, d, nstep=task.n_substeps)
+        if task.block_gripper:  # _step_callback
+          d.qpos[list(ids.finger_qposadr)] = 0.0
+          mujoco.mj_forward(m, d)
+        self._record(d, i, term)
+        if mask[i]:
+          self._reset_into(d, xy[i])
+          self._record(d, i, nxt)
+        else:
+          nxt["state"][i] = term["state"][i]
+
+    self._parallel(work, n)
+    obs_t, ag_t = self._observations(term)
+    obs_n, ag_n = self._observations(nxt)
+    obs_n = np.where(mask[:, None], obs_n, obs_t)
+    ag_n = np.where(mask[:, None], ag_n, ag_t)
+    shape = lambda x: x.reshape(lead + x.shape[-1:])
+    return (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
+
+
+class CPhysics:
+  """C MuJoCo (stock model) behind the backend interface used by `FetchEnv`."""
+
+  name = "cpu"
+
+  def __init__(self, task: FetchTask, reset: scene.ResetState, threads: int | None = None):
+    m, _ = scene.stock_model(task)
+    self.host = _HostSim(task, m, reset, threads or default_threads())
+    self.task = task
+
+  def _shapes(self, n):
+    f32 = jnp.float32
+    return (jax.ShapeDtypeStruct((n, 2 * self.host.nstate), jnp.uint32),
+            jax.ShapeDtypeStruct((n, self.task.obs_size), f32), jax.ShapeDtypeStruct((n, 3), f32))
+
+  def reset(self, object_xy):
+    n = object_xy.shape[0]
+    return jax.pure_callback(self.host.reset, self._shapes(n), object_xy, vmap_method="broadcast_all")
+
+  def step(self, state, action, reset_mask, reset_xy):
+    n = state.shape[0]
+    s, o, a = self._shapes(n)
+    return jax.pure_callback(self.host.step, (s, o, a, o, a), state, action.astype(jnp.float32), reset_mask,
+                             reset_xy, vmap_method="broadcast_all")
+
+  def physics_state(self, state) -> np.ndarray:
+    """The float64 mjSTATE_INTEGRATION vectors of a (batched) pipeline_state."""
+    s = np.ascontiguousarray(np.asarray(state))
+    return s.reshape(s.shape[:-1] + (-1,)).view(np.float64)
