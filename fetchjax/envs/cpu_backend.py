@@ -41,6 +41,8 @@ class _HostSim:
     self._datas = [mujoco.MjData(m) for _ in range(threads)]
     self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
     self.obs_size = task.obs_size
+    self._fq, self._fv = np.array(self.ids.finger_qposadr), np.array(self.ids.finger_dofadr)
+    self._quat_delta = np.array([1.0, 0.0, 1.0, 0.0])
 
   # Work on index ranges of the batch, one range per thread.
   def _parallel(self, fn, n):
@@ -55,9 +57,10 @@ class _HostSim:
 
   def _new_buffers(self, n):
     nv = self.m.nv
-    return dict(state=np.empty((n, self.nstate)), grip=np.empty((n, 3)), jac=np.zeros((n, 3, 3, nv)),
-                qvel=np.empty((n, nv)), fq=np.empty((n, 2)), fv=np.empty((n, 2)), opos=np.zeros((n, 3)),
-                omat=np.zeros((n, 3, 3)))
+    # zeros, not empty: rows a step does not reset are never written and must stay finite.
+    return dict(state=np.zeros((n, self.nstate)), grip=np.zeros((n, 3)), jac=np.zeros((n, 3, 3, nv)),
+                qvel=np.zeros((n, nv)), fq=np.zeros((n, 2)), fv=np.zeros((n, 2)), opos=np.zeros((n, 3)),
+                omat=np.tile(np.eye(3), (n, 1, 1)))
 
   def _record(self, d, i, buf):
     """Everything `generate_mujoco_observations` reads, from a forwarded MjData."""
@@ -69,8 +72,8 @@ class _HostSim:
       buf["omat"][i] = d.site_xmat[ids.object_site].reshape(3, 3)
       mujoco.mj_jacSite(m, d, buf["jac"][i, 1], buf["jac"][i, 2], ids.object_site)
     buf["qvel"][i] = d.qvel
-    buf["fq"][i] = d.qpos[list(ids.finger_qposadr)]
-    buf["fv"][i] = d.qvel[list(ids.finger_dofadr)]
+    buf["fq"][i] = d.qpos[self._fq]
+    buf["fv"][i] = d.qvel[self._fv]
     mujoco.mj_getState(m, d, buf["state"][i], _STATE_SPEC)
 
   def _observations(self, buf):
@@ -99,8 +102,10 @@ class _HostSim:
       d.qpos[self.ids.object_qposadr:self.ids.object_qposadr + 2] = xy
     mujoco.mj_forward(self.m, d)
 
-  def reset(self, object_xy):
+  def reset(self, object_xy, exact_xy=None):
     object_xy = np.asarray(object_xy, np.float64)
+    if exact_xy is not None:  # float64 bits, lossless
+      object_xy = np.ascontiguousarray(exact_xy).view(np.float64).reshape(object_xy.shape)
     lead = object_xy.shape[:-1]
     xy = object_xy.reshape(-1, 2)
     buf = self._new_buffers(len(xy))
@@ -131,10 +136,10 @@ class _HostSim:
         mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
         # _set_action/mocap_set_action: 0.05*a in the action's dtype, added to the body pose in float64.
         d.mocap_pos[0] = d.xpos[ids.gripper_body] + action[i, :3] * 0.05
-        d.mocap_quat[0] = d.xquat[ids.gripper_body] + np.array([1.0, 0.0, 1.0, 0.0])
+        d.mocap_quat[0] = d.xquat[ids.gripper_body] + self._quat_delta
         mujoco.mj_step(m, d, nstep=task.n_substeps)
         if task.block_gripper:  # _step_callback
-          d.qpos[list(ids.finger_qposadr)] = 0.0
+          d.qpos[self._fq] = 0.0
           mujoco.mj_forward(m, d)
         self._record(d, i, term)
         if mask[i]:
@@ -156,6 +161,7 @@ class CPhysics:
   """C MuJoCo (stock model) behind the backend interface used by `FetchEnv`."""
 
   name = "cpu"
+  exact_reset = True
 
   def __init__(self, task: FetchTask, reset: scene.ResetState, threads: int | None = None):
     m, _ = scene.stock_model(task)
@@ -167,8 +173,11 @@ class CPhysics:
     return (jax.ShapeDtypeStruct((n, 2 * self.host.nstate), jnp.uint32),
             jax.ShapeDtypeStruct((n, self.task.obs_size), f32), jax.ShapeDtypeStruct((n, 3), f32))
 
-  def reset(self, object_xy):
+  def reset(self, object_xy, exact_xy=None):
     n = object_xy.shape[0]
+    if exact_xy is not None:
+      return jax.pure_callback(self.host.reset, self._shapes(n), object_xy, jnp.asarray(exact_xy),
+                               vmap_method="broadcast_all")
     return jax.pure_callback(self.host.reset, self._shapes(n), object_xy, vmap_method="broadcast_all")
 
   def step(self, state, action, reset_mask, reset_xy):

@@ -102,11 +102,16 @@ class FetchEnv:
   def reset_to(self, object_xy: jax.Array, goals: jax.Array, rng: jax.Array | None = None) -> State:
     """Reset from given task parameters (object xy [n, 2], goal [n, 3]): parity tests inject the CPU
     env's samples here, since numpy's PCG64 stream cannot be reproduced in JAX."""
+    exact_xy = None
+    if not isinstance(object_xy, jax.core.Tracer) and getattr(self.backend, "exact_reset", False):
+      # concrete float64 values reach C MuJoCo losslessly (uint32 view), for bit-exact parity runs
+      exact_xy = np.asarray(object_xy, np.float64).reshape(self.num_envs, 2).view(np.uint32)
     object_xy = jnp.asarray(object_xy, jnp.float32).reshape(self.num_envs, 2)
     goals = jnp.asarray(goals, jnp.float32).reshape(self.num_envs, 3)
     if rng is None:
       rng = jax.random.split(jax.random.PRNGKey(0), self.num_envs)
-    ps, observation, achieved = self.backend.reset(object_xy)
+    ps, observation, achieved = (self.backend.reset(object_xy) if exact_xy is None
+                                 else self.backend.reset(object_xy, exact_xy))
     obs = {"observation": observation, "achieved_goal": achieved, "desired_goal": goals}
     zeros = jnp.zeros(self.num_envs, jnp.float32)
     info = {"steps": jnp.zeros(self.num_envs, jnp.int32), "truncation": zeros,

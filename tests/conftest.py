@@ -1,0 +1,27 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import fetchjax  # noqa: F401  (sets XLA flags before JAX initialises)
+
+
+@pytest.fixture(scope="session")
+def gym_make():
+  """CPU gymnasium-robotics envs (the reference), unwrapped from TimeLimit."""
+  import gymnasium as gym
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import gymnasium_robotics
+  gym.register_envs(gymnasium_robotics)
+  return lambda env_id: gym.make(env_id).unwrapped
+
+
+def task_params(ref):
+  """The object xy and goal a reset gymnasium-robotics env sampled (to inject into fetchjax)."""
+  if ref.has_object:
+    adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
+    xy = ref.data.qpos[adr:adr + 2].copy()
+  else:
+    xy = np.zeros(2)
+  return xy[None], ref.goal.copy()[None]

@@ -1,0 +1,93 @@
+"""The functional batched API: shapes, dtypes, jit/vmap/scan, auto-reset, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fetchjax import envs
+
+
+@pytest.mark.parametrize("env_id,n_obs", [("FetchReach-v4", 10), ("FetchPushDense-v4", 25)])
+def test_layout_and_dtypes(env_id, n_obs):
+  env = envs.make(env_id, num_envs=3, backend="cpu")
+  s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+  assert env.observation_size == {"observation": n_obs, "achieved_goal": 3, "desired_goal": 3}
+  assert s.obs["observation"].shape == (3, n_obs)
+  for k in ("achieved_goal", "desired_goal"):
+    assert s.obs[k].shape == (3, 3) and s.obs[k].dtype == jnp.float32
+  obs = np.asarray(s.obs["observation"])
+  np.testing.assert_array_equal(obs[:, :3], np.asarray(s.obs["achieved_goal"] if n_obs == 10 else obs[:, :3]))
+  if n_obs == 25:
+    np.testing.assert_array_equal(obs[:, 3:6], np.asarray(s.obs["achieved_goal"]))
+    np.testing.assert_allclose(obs[:, 6:9], obs[:, 3:6] - obs[:, :3], atol=1e-6)
+  s = jax.jit(env.step)(s, jnp.zeros((3, 4)))
+  assert s.reward.shape == (3,) and s.done.shape == (3,)
+  expected = jnp.float32
+  assert s.reward.dtype == expected
+  np.testing.assert_array_equal(np.asarray(s.obs["observation"])[:, 3:5] if n_obs == 10 else
+                                np.asarray(s.obs["observation"])[:, 9:11], 0.0)  # blocked fingers
+
+
+def test_scan_autoreset_draws_fresh_goals():
+  env = envs.make("FetchReach-v4", num_envs=4, backend="cpu")
+  s0 = env.reset(jax.random.PRNGKey(1))
+
+  def body(s, _):
+    s = env.step(s, jnp.ones((4, 4)) * 0.3)
+    return s, (s.done, s.obs["desired_goal"], s.info["final_obs"]["desired_goal"], s.reward)
+
+  s, (done, goals, final_goals, rewards) = jax.jit(lambda s: jax.lax.scan(body, s, None, length=120))(s0)
+  done = np.asarray(done)
+  assert done.sum(0).tolist() == [2, 2, 2, 2] and np.all(done[49]) and np.all(done[99])
+  goals = np.asarray(goals)
+  # the goal is constant within an episode and new after each truncation
+  np.testing.assert_array_equal(goals[0], goals[48])
+  assert np.all(np.abs(goals[49] - goals[48]).max(-1) > 1e-4)
+  assert np.all(np.abs(goals[99] - goals[49]).max(-1) > 1e-4)
+  # the transition that truncates is scored against the goal of the episode it ends
+  np.testing.assert_array_equal(np.asarray(final_goals)[49], goals[48])
+  assert int(s.info["steps"][0]) == 20
+  # the obs returned at truncation is a reset obs: gripper back at its initial position
+  np.testing.assert_allclose(np.asarray(s0.obs["achieved_goal"])[0], np.asarray(env._grip0), atol=1e-5)
+
+
+def test_vmap_over_seeds():
+  env = envs.make("FetchReach-v4", num_envs=2, backend="cpu")
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  s = jax.jit(jax.vmap(env.reset))(keys)
+  assert s.obs["observation"].shape == (3, 2, 10)
+  s = jax.jit(jax.vmap(env.step))(s, jnp.zeros((3, 2, 4)))
+  assert s.obs["observation"].shape == (3, 2, 10)
+  g = np.asarray(s.obs["desired_goal"]).reshape(6, 3)
+  assert len(np.unique(g[:, 0])) == 6
+
+
+def test_actions_are_clipped():
+  env = envs.make("FetchReach-v4", num_envs=1, backend="cpu")
+  s = env.reset(jax.random.PRNGKey(0))
+  a = env.step(s, jnp.array([[5.0, -7.0, 3.0, 2.0]]))
+  b = env.step(s, jnp.array([[1.0, -1.0, 1.0, 1.0]]))
+  np.testing.assert_array_equal(np.asarray(a.obs["observation"]), np.asarray(b.obs["observation"]))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(env_id="FetchSlide-v9"), "unknown env id"),
+    (dict(env_id="FetchReach-v4", num_envs=0), "num_envs"),
+    (dict(env_id="FetchReach-v4", num_envs=2.5), "num_envs"),
+    (dict(env_id="FetchReach-v4", backend="tpu9"), "unknown backend"),
+    (dict(env_id="FetchReach-v4", backend="mjx", physics="turbo"), "physics profile"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, msg):
+  with pytest.raises(ValueError, match=msg):
+    envs.make(**kwargs)
+
+
+def test_bad_action_shape():
+  env = envs.make("FetchReach-v4", num_envs=1, backend="cpu")
+  s = env.reset(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="4 components"):
+    env.step(s, jnp.zeros((1, 3)))
+
+
+def test_list_envs():
+  assert envs.list_envs() == ["FetchPush-v4", "FetchPushDense-v4", "FetchReach-v4", "FetchReachDense-v4"]

@@ -1,0 +1,66 @@
+"""C MuJoCo backend vs CPU gymnasium-robotics: same initial task, same actions -> same trajectory."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fetchjax import envs
+from tests.conftest import task_params
+
+
+def push_script(obs, goal):
+  """A scripted push: go behind the block (opposite the goal), descend, push through it."""
+  grip, obj = obs[:3], obs[3:6]
+  direction = (goal - obj)[:2] / (np.linalg.norm((goal - obj)[:2]) + 1e-8)
+  behind = obj.copy()
+  behind[:2] -= direction * 0.06
+  if np.linalg.norm((grip - behind)[:2]) > 0.02:
+    target = behind + np.array([0, 0, 0.05])  # approach from above
+  else:
+    target = goal.copy()
+    target[:2] += direction * 0.03
+    target[2] = obj[2]
+  return np.clip(10 * (target - grip), -1, 1).tolist() + [0.0]
+
+
+@pytest.mark.parametrize("env_id,policy", [("FetchReach-v4", "random"), ("FetchPushDense-v4", "random"),
+                                           ("FetchPush-v4", "script")])
+def test_cpu_backend_is_bit_exact(gym_make, env_id, policy):
+  ref = gym_make(env_id)
+  ref.reset(seed=5)
+  xy, g = task_params(ref)
+  env = envs.make(env_id, num_envs=1, backend="cpu")
+  s = env.reset_to(xy, g)
+  step = jax.jit(env.step)
+  rng = np.random.default_rng(0)
+  obs = ref._get_obs()["observation"]
+  for t in range(49):
+    a = rng.uniform(-1, 1, 4) if policy == "random" else push_script(obs, ref.goal)
+    a = np.asarray(a, np.float32)
+    o, r, *_ = ref.step(a)
+    obs = o["observation"]
+    s = step(s, jnp.asarray(a[None]))
+    # observations: float32 rounding of the reference's float64 values
+    np.testing.assert_allclose(np.asarray(s.obs["observation"][0]), obs, rtol=1e-6, atol=1e-7)
+    if env.task.reward_type == "sparse":
+      np.testing.assert_array_equal(np.asarray(s.reward[0]), np.float32(r))
+    else:  # dense: -distance of the float32 goals, vs float64 upstream
+      np.testing.assert_allclose(np.asarray(s.reward[0]), r, rtol=1e-6, atol=1e-7)
+  # the physics state itself is the reference's, bit for bit
+  phys = env.backend.physics_state(s.pipeline_state)[0]
+  nq, nv = ref.model.nq, ref.model.nv
+  np.testing.assert_array_equal(phys[1:1 + nq], ref.data.qpos)
+  np.testing.assert_array_equal(phys[1 + nq:1 + nq + nv], ref.data.qvel)
+  if policy == "script":  # the script really pushed the block
+    assert np.linalg.norm(obs[3:5] - xy[0]) > 0.02
+
+
+def test_threads_do_not_change_results():
+  outs = []
+  for threads in (1, 2):
+    env = envs.make("FetchPush-v4", num_envs=5, backend="cpu", threads=threads)
+    s = env.reset(jax.random.PRNGKey(3))
+    for t in range(3):
+      s = env.step(s, jnp.full((5, 4), 0.7) * (t - 1))
+    outs.append(np.asarray(s.obs["observation"]))
+  np.testing.assert_array_equal(outs[0], outs[1])
