@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -41,7 +42,6 @@ def gym_rate(env_id: str, steps: int) -> float:
 
 
 def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str) -> dict:
-  t_build = time.perf_counter()
   env = envs.make(env_id, num_envs=n, backend=backend, physics=physics)
 
   def rollout(state, key):
@@ -59,8 +59,12 @@ def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str) -
   jax.block_until_ready(rollout(state, jax.random.PRNGKey(2)))
   run = time.perf_counter() - t0
   return dict(env=env_id, backend=backend, physics=physics, num_envs=n, steps_per_env=steps,
-              env_steps_per_s=n * steps / run, compile_s=max(first - run, 0.0),
-              build_s=None)
+              env_steps_per_s=n * steps / run, compile_s=max(first - run, 0.0))
+
+
+def _write(path: str, report: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(report, f, indent=1)
 
 
 def main(argv=None) -> int:
@@ -87,20 +91,19 @@ def main(argv=None) -> int:
   import mujoco
   report = dict(date=datetime.date.today().isoformat(), device=str(jax.devices()[0]),
                 jax=jax.__version__, mujoco=mujoco.__version__, python=platform.python_version(),
-                cpu_count=len(jax.devices("cpu")) and __import__("os").cpu_count(), results=[], gymnasium={})
+                cpu_count=os.cpu_count(), results=[], gymnasium={})
   for env_id in a.envs:
     report["gymnasium"][env_id] = g = gym_rate(env_id, a.gym_steps)
     print(f"{env_id:20s} gymnasium-robotics (1 env, 1 thread): {g:9.0f} steps/s", flush=True)
     for backend in a.backends:
       for n in (mjx_sizes if backend == "mjx" else sizes):
         r = fetchjax_rate(env_id, backend, n, a.steps, a.physics)
-        r.pop("build_s")
         r["vs_gymnasium"] = r["env_steps_per_s"] / g
         report["results"].append(r)
+        _write(a.out, report)  # after every row: an interrupted run keeps what it measured
         print(f"{env_id:20s} {backend:4s} num_envs={n:6d}: {r['env_steps_per_s']:9.0f} steps/s "
               f"({r['vs_gymnasium']:.2f}x gymnasium), compile {r['compile_s']:.1f} s", flush=True)
-  with open(a.out, "w") as f:
-    json.dump(report, f, indent=1)
+  _write(a.out, report)
   print(f"wrote {a.out}")
   return 0
 

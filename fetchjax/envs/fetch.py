@@ -103,9 +103,11 @@ class FetchEnv:
     """Reset from given task parameters (object xy [n, 2], goal [n, 3]): parity tests inject the CPU
     env's samples here, since numpy's PCG64 stream cannot be reproduced in JAX."""
     exact_xy = None
-    if not isinstance(object_xy, jax.core.Tracer) and getattr(self.backend, "exact_reset", False):
-      # concrete float64 values reach C MuJoCo losslessly (uint32 view), for bit-exact parity runs
-      exact_xy = np.asarray(object_xy, np.float64).reshape(self.num_envs, 2).view(np.uint32)
+    if getattr(self.backend, "exact_reset", False):
+      try:  # concrete float64 values reach C MuJoCo losslessly (uint32 view), for bit-exact parity runs
+        exact_xy = np.asarray(object_xy, np.float64).reshape(self.num_envs, 2).view(np.uint32)
+      except jax.errors.TracerArrayConversionError:
+        exact_xy = None  # traced (inside jit): float32 is all there is
     object_xy = jnp.asarray(object_xy, jnp.float32).reshape(self.num_envs, 2)
     goals = jnp.asarray(goals, jnp.float32).reshape(self.num_envs, 3)
     if rng is None:

@@ -5,7 +5,8 @@ reference acceleration, which MJX-JAX lacks (mjx_port_notes.md §6): without it 
 """
 from __future__ import annotations
 
-import logging
+import contextlib
+import io
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +17,8 @@ from fetchjax.envs import scene
 from fetchjax.envs.goal import mat2euler
 from fetchjax.envs.tasks import FetchTask
 
-logging.getLogger("absl").setLevel(logging.ERROR)
-logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # mjx prints "Failed to import warp"
-from mujoco import mjx  # noqa: E402
+with contextlib.redirect_stdout(io.StringIO()):  # mjx prints "Failed to import warp" when it is absent
+  from mujoco import mjx
 from mujoco.mjx._src import constraint, forward, smooth, solver, support  # noqa: E402
 
 # XLA:CPU's batched dense Cholesky was seen to hang at 512 envs in one vmap (mjx_port_notes.md §9b).
