@@ -1,0 +1,389 @@
+"""PPO with Stable-Baselines3 semantics (shared/spec/algorithms.md §1) as one jitted JAX program.
+
+Structure after purejaxrl: `make_train(config)` builds the env and returns a pure `train(key)` whose whole loop
+(rollout `lax.scan`, GAE, epochs x shuffled minibatches, Adam with global-norm clipping) jits as one program and
+vmaps over seeds: `jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(key, n_seeds))`.
+
+SB3 PPO details kept on purpose (they change results):
+- policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted Dict keys);
+- separate actor / critic MLPs, orthogonal init (gains sqrt2 / 0.01 / 1), zero biases, state-independent log-std;
+- unbounded Gaussian; the unclipped sample and its log-prob are stored, only the env sees `clip(a, -1, 1)`;
+- truncation bootstrap: `r += gamma * V(final_obs)` on every time-limit step (the only kind of end in Fetch);
+- GAE with the `episode_starts` convention (see `compute_gae`);
+- advantages normalised per minibatch with ddof=1 std; value loss = MSE without 1/2; Adam eps 1e-5;
+- `learn()` collects whole rollouts until `total_timesteps` is reached (500k -> 62 updates for the book).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fetchjax import envs
+
+OBS_KEYS = ("achieved_goal", "desired_goal", "observation")  # SB3 CombinedExtractor order (sorted keys)
+_LOG_2PI = math.log(2.0 * math.pi)
+_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+  """SB3 `PPO` arguments (defaults = the book's ch3 FetchReachDense-v4 run). Step counts are env transitions
+  summed over the parallel envs. `batch_size` must divide `num_envs * n_steps` (SB3 would allow a short last
+  minibatch; a jitted loop needs equal ones)."""
+
+  env_id: str = "FetchReachDense-v4"
+  num_envs: int = 8
+  n_steps: int = 1024                 # per env per rollout
+  batch_size: int = 256               # minibatch size
+  n_epochs: int = 10
+  learning_rate: float = 3e-4         # constant
+  gamma: float = 0.99
+  gae_lambda: float = 0.95
+  clip_range: float = 0.2
+  ent_coef: float = 0.0
+  vf_coef: float = 0.5
+  max_grad_norm: float = 0.5
+  total_timesteps: int = 500_000
+  hidden_sizes: tuple[int, ...] = (64, 64)
+  activation: str = "tanh"            # "tanh" (SB3 default) or "relu"
+  log_std_init: float = 0.0
+  adam_eps: float = 1e-5              # SB3 PPO passes eps=1e-5 to Adam
+  normalize_advantage: bool = True    # per minibatch
+  normalize_obs: bool = False         # VecNormalize(norm_obs=True, norm_reward=False); off in every book run
+  clip_obs: float = 10.0              # VecNormalize default
+  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx"
+
+  def __post_init__(self):
+    if self.activation not in _ACTIVATIONS:
+      raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+    for name in ("num_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if self.rollout_size % self.batch_size:
+      raise ValueError(f"batch_size {self.batch_size} must divide num_envs * n_steps = {self.rollout_size}")
+    object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+
+  @property
+  def rollout_size(self) -> int:
+    return self.num_envs * self.n_steps
+
+  @property
+  def num_minibatches(self) -> int:
+    return self.rollout_size // self.batch_size
+
+  @property
+  def num_updates(self) -> int:
+    """SB3 `learn` collects whole rollouts while `num_timesteps < total_timesteps`."""
+    return -(-self.total_timesteps // self.rollout_size)
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "PPOConfig":
+    if name not in PRESETS:
+      raise ValueError(f"unknown PPO preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+      raise ValueError(f"unknown PPOConfig field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, PPOConfig] = {
+    # Book ch3 (book L2201-2210): 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
+    "book": PPOConfig(),
+    # Many MJX envs on an accelerator: same per-update data budget per gradient step scaled up (NOT tuned).
+    "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="mjx"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+  hidden_sizes: Sequence[int]
+  out_size: int
+  out_gain: float
+  activation: Callable = nn.tanh
+
+  @nn.compact
+  def __call__(self, x):
+    for h in self.hidden_sizes:  # SB3 ortho_init: gain sqrt(2) on hidden layers, zero biases
+      x = self.activation(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)))(x))
+    return nn.Dense(self.out_size, kernel_init=nn.initializers.orthogonal(self.out_gain))(x)
+
+
+class ActorCritic(nn.Module):
+  """SB3 ActorCriticPolicy with net_arch=dict(pi=hidden, vf=hidden): separate trunks, no shared layers."""
+
+  action_size: int
+  hidden_sizes: Sequence[int] = (64, 64)
+  activation: str = "tanh"
+  log_std_init: float = 0.0
+
+  def setup(self):
+    act = _ACTIVATIONS[self.activation]
+    self.actor = MLP(self.hidden_sizes, self.action_size, 0.01, act)
+    self.critic = MLP(self.hidden_sizes, 1, 1.0, act)
+    self.log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_size,))
+
+  def __call__(self, x):
+    """-> (action mean, log_std [broadcast], value)."""
+    mean = self.actor(x)
+    return mean, jnp.broadcast_to(self.log_std, mean.shape), self.critic(x)[..., 0]
+
+  def value(self, x):
+    return self.critic(x)[..., 0]
+
+
+def gaussian_log_prob(x, mean, log_std):
+  """Diagonal Gaussian log-density summed over the action dims (SB3 `sum_independent_dims`)."""
+  return jnp.sum(-0.5 * jnp.square((x - mean) / jnp.exp(log_std)) - log_std - 0.5 * _LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std):
+  return jnp.sum(0.5 + 0.5 * _LOG_2PI + log_std, axis=-1)
+
+
+def flatten_obs(obs: dict) -> jax.Array:
+  """MultiInputPolicy input: the goal dict concatenated in sorted-key order (16-D for Reach, 31-D for Push)."""
+  return jnp.concatenate([obs[k] for k in OBS_KEYS], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Observation normaliser (SB3 RunningMeanStd / VecNormalize, observations only)
+# ----------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class RunningMeanStd:
+  mean: jax.Array
+  var: jax.Array
+  count: jax.Array
+
+  @classmethod
+  def create(cls, size: int) -> "RunningMeanStd":
+    return cls(jnp.zeros(size), jnp.ones(size), jnp.asarray(1e-4))  # SB3: epsilon=1e-4 initial count
+
+  def update(self, x: jax.Array) -> "RunningMeanStd":
+    """Chan et al. parallel update with a batch [n, d], as SB3 `RunningMeanStd.update` (ddof-0 batch var)."""
+    b_mean, b_var, b_count = x.mean(0), x.var(0), x.shape[0]
+    delta, tot = b_mean - self.mean, self.count + b_count
+    m2 = self.var * self.count + b_var * b_count + jnp.square(delta) * self.count * b_count / tot
+    return RunningMeanStd(self.mean + delta * b_count / tot, m2 / tot, tot)
+
+  def normalize(self, x: jax.Array, clip: float) -> jax.Array:
+    return jnp.clip((x - self.mean) / jnp.sqrt(self.var + 1e-8), -clip, clip)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure pieces of the algorithm
+# ----------------------------------------------------------------------------------------------------------
+def compute_gae(rewards, values, dones, last_value, gamma, lam):
+  """GAE(lambda) advantages and returns, as SB3 `RolloutBuffer.compute_returns_and_advantage`.
+
+  Arrays are time-major [T, ...]. `dones[t]` is the done flag returned by the env step taken at t (the step
+  whose reward is `rewards[t]`). SB3 stores `episode_starts[t]` = the done flag of the *previous* step and uses
+    next_non_terminal(t) = 1 - episode_starts[t + 1]   for t < T - 1,
+                         = 1 - dones_last               for t = T - 1  (the `dones` passed after the rollout),
+  so with `episode_starts[t + 1] == dones[t]` and `dones_last == dones[T - 1]` this is simply 1 - dones[t].
+  `rewards` must already contain SB3's truncation bootstrap (r += gamma * V(final_obs) when truncated);
+  `last_value` = V(obs after the last step).
+  Returns (advantages, returns = advantages + values).
+  """
+  next_values = jnp.concatenate([values[1:], last_value[None]], axis=0)
+  next_non_terminal = 1.0 - dones
+  deltas = rewards + gamma * next_values * next_non_terminal - values
+
+  def body(last_gae, xs):
+    delta, nnt = xs
+    last_gae = delta + gamma * lam * nnt * last_gae
+    return last_gae, last_gae
+
+  _, adv = jax.lax.scan(body, jnp.zeros_like(last_value), (deltas, next_non_terminal), reverse=True)
+  return adv, adv + values
+
+
+def bootstrap_truncation(reward, truncation, final_value, gamma):
+  """SB3 `collect_rollouts`: at a time-limit truncation add gamma * V(terminal_observation) to the reward,
+  since GAE then treats the step as terminal (Fetch episodes only ever end this way)."""
+  return reward + gamma * final_value * truncation
+
+
+def clipped_surrogate(log_prob, old_log_prob, advantages, clip_range):
+  """SB3 policy loss and diagnostics: (-mean(min(r A, clip(r) A)), clip_fraction, approx_kl)."""
+  log_ratio = log_prob - old_log_prob
+  ratio = jnp.exp(log_ratio)
+  loss = -jnp.mean(jnp.minimum(advantages * ratio, advantages * jnp.clip(ratio, 1 - clip_range, 1 + clip_range)))
+  clip_fraction = jnp.mean((jnp.abs(ratio - 1) > clip_range).astype(jnp.float32))
+  approx_kl = jnp.mean((ratio - 1) - log_ratio)  # Schulman's k3 estimator, as SB3
+  return loss, clip_fraction, approx_kl
+
+
+def value_loss(values, returns):
+  """SB3 `F.mse_loss(returns, values)`: no 1/2 (the book lab's 0.5 factor halves the critic weight)."""
+  return jnp.mean(jnp.square(returns - values))
+
+
+def normalize_advantages(adv):
+  """Per-minibatch, torch `.std()` (ddof=1) + 1e-8; skipped for a single element (as SB3)."""
+  if adv.shape[0] < 2:
+    return adv
+  return (adv - adv.mean()) / (jnp.std(adv, ddof=1) + 1e-8)
+
+
+def explained_variance(y_pred, y_true):
+  """SB3: 1 - Var(y - y_pred) / Var(y), ddof 0, NaN when Var(y) == 0."""
+  var_y = jnp.var(y_true)
+  return jnp.where(var_y == 0, jnp.nan, 1 - jnp.var(y_true - y_pred) / jnp.where(var_y == 0, 1.0, var_y))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+  params: Any
+  opt_state: Any
+  obs_rms: RunningMeanStd
+  key: jax.Array
+  step: jax.Array  # completed updates; env steps = step * rollout_size
+
+
+@flax.struct.dataclass
+class Transition:
+  obs: jax.Array        # normalised policy input the action was taken from
+  action: jax.Array     # unclipped Gaussian sample
+  log_prob: jax.Array
+  value: jax.Array
+  reward: jax.Array     # incl. the truncation bootstrap
+  done: jax.Array
+  ep_return: jax.Array  # raw return of the episode that ended at this step (0 otherwise)
+  success: jax.Array    # is_success at an episode end (0 otherwise)
+
+
+def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[TrainState, dict]]:
+  """Builds the env (unless given) and returns `train(key) -> (TrainState, metrics)`.
+
+  `metrics[name]` has shape [num_updates]; names and meanings follow SB3's logger:
+    timesteps, ep_rew_mean (mean raw reward sum of the episodes completed in that rollout; NaN if none),
+    success_rate (is_success at those episode ends), value_loss, policy_gradient_loss, entropy_loss (-mean H),
+    entropy (mean H), approx_kl (last epoch's minibatches), clip_fraction (all epochs), loss (last minibatch),
+    explained_variance, std (mean exp(log_std)).
+  """
+  c = config
+  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
+  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
+  net = ActorCritic(env.action_size, c.hidden_sizes, c.activation, c.log_std_init)
+  tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(c.learning_rate, eps=c.adam_eps))
+
+  def prep(rms, obs_dict):
+    x = flatten_obs(obs_dict)
+    return rms.normalize(x, c.clip_obs) if c.normalize_obs else x
+
+  def update_rms(rms, obs_dict):
+    return rms.update(flatten_obs(obs_dict)) if c.normalize_obs else rms
+
+  def loss_fn(params, mb: Transition, adv, ret):
+    mean, log_std, value = net.apply(params, mb.obs)
+    log_prob = gaussian_log_prob(mb.action, mean, log_std)
+    if c.normalize_advantage:
+      adv = normalize_advantages(adv)
+    pg_loss, clip_frac, approx_kl = clipped_surrogate(log_prob, mb.log_prob, adv, c.clip_range)
+    v_loss = value_loss(value, ret)
+    entropy = jnp.mean(gaussian_entropy(log_std))
+    loss = pg_loss - c.ent_coef * entropy + c.vf_coef * v_loss
+    return loss, dict(policy_gradient_loss=pg_loss, value_loss=v_loss, entropy=entropy, clip_fraction=clip_frac,
+                      approx_kl=approx_kl, loss=loss)
+
+  def train(key: jax.Array):
+    key, k_init, k_env = jax.random.split(key, 3)
+    params = net.init(k_init, jnp.zeros((1, obs_size)))
+    env_state = env.reset(k_env)
+    rms = update_rms(RunningMeanStd.create(obs_size), env_state.obs)  # VecNormalize.reset updates the stats
+    ts = TrainState(params, tx.init(params), rms, key, jnp.zeros((), jnp.int32))
+    ep_ret = jnp.zeros(c.num_envs)
+
+    def env_step(carry, _):
+      ts, env_state, ep_ret = carry
+      key, k_act = jax.random.split(ts.key)
+      x = prep(ts.obs_rms, env_state.obs)
+      mean, log_std, value = net.apply(ts.params, x)
+      action = mean + jnp.exp(log_std) * jax.random.normal(k_act, mean.shape)
+      log_prob = gaussian_log_prob(action, mean, log_std)
+      env_state = env.step(env_state, jnp.clip(action, -1.0, 1.0))
+      # VecNormalize.step_wait: update the stats with the new obs, then normalise it and the terminal obs.
+      rms = update_rms(ts.obs_rms, env_state.obs)
+      done, trunc = env_state.done, env_state.info["truncation"]
+      final_value = net.apply(ts.params, prep(rms, env_state.info["final_obs"]), method=ActorCritic.value)
+      reward = bootstrap_truncation(env_state.reward, trunc, final_value, c.gamma)
+      ep_ret = ep_ret + env_state.reward
+      tr = Transition(x, action, log_prob, value, reward, done, ep_ret * done, env_state.info["is_success"] * done)
+      return (ts.replace(key=key, obs_rms=rms), env_state, ep_ret * (1.0 - done)), tr
+
+    def sgd_epoch(carry, _):
+      ts, batch = carry
+      key, k_perm = jax.random.split(ts.key)
+      perm = jax.random.permutation(k_perm, c.rollout_size)  # SB3 reshuffles the whole buffer every epoch
+      mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.batch_size) + x.shape[1:]), batch)
+
+      def sgd_step(ts, mb):
+        tr, adv, ret = mb
+        grads, info = jax.grad(loss_fn, has_aux=True)(ts.params, tr, adv, ret)
+        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        return ts.replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state), info
+
+      ts, info = jax.lax.scan(sgd_step, ts.replace(key=key), mbs)
+      return (ts, batch), info
+
+    def update(carry, _):
+      ts, env_state, ep_ret = carry
+      (ts, env_state, ep_ret), traj = jax.lax.scan(env_step, (ts, env_state, ep_ret), None, c.n_steps)
+      last_value = net.apply(ts.params, prep(ts.obs_rms, env_state.obs), method=ActorCritic.value)
+      adv, ret = compute_gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
+      flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, adv, ret))
+      (ts, _), info = jax.lax.scan(sgd_epoch, (ts, flat), None, c.n_epochs)  # info: [epochs, minibatches]
+
+      n_done = traj.done.sum()
+      log_std = ts.params["params"]["log_std"]
+      metrics = {k: v.mean() for k, v in info.items() if k not in ("approx_kl", "loss")}
+      metrics.update(
+          timesteps=(ts.step + 1) * c.rollout_size,
+          ep_rew_mean=jnp.where(n_done > 0, traj.ep_return.sum() / jnp.maximum(n_done, 1), jnp.nan),
+          success_rate=jnp.where(n_done > 0, traj.success.sum() / jnp.maximum(n_done, 1), jnp.nan),
+          entropy_loss=-info["entropy"].mean(),
+          approx_kl=info["approx_kl"][-1].mean(),
+          loss=info["loss"][-1, -1],
+          explained_variance=explained_variance(traj.value.ravel(), ret.ravel()),
+          std=jnp.exp(log_std).mean(),
+      )
+      return (ts.replace(step=ts.step + 1), env_state, ep_ret), metrics
+
+    (ts, _, _), metrics = jax.lax.scan(update, (ts, env_state, ep_ret), None, c.num_updates)
+    return ts, metrics
+
+  return train
+
+
+def policy_action(params, obs: dict, config: PPOConfig, obs_rms: RunningMeanStd | None = None, key=None):
+  """Env action: the mean (deterministic, SB3 `predict(deterministic=True)`) or a sample, clipped to [-1, 1]."""
+  x = flatten_obs(obs)
+  if config.normalize_obs and obs_rms is not None:
+    x = obs_rms.normalize(x, config.clip_obs)
+  net = ActorCritic(4, config.hidden_sizes, config.activation, config.log_std_init)
+  mean, log_std, _ = net.apply(params, x)
+  a = mean if key is None else mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+  return jnp.clip(a, -1.0, 1.0)
+
+
+__all__ = ["PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
+           "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
+           "make_train", "policy_action", "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
