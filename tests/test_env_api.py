@@ -16,14 +16,14 @@ def test_layout_and_dtypes(env_id, n_obs):
   for k in ("achieved_goal", "desired_goal"):
     assert s.obs[k].shape == (3, 3) and s.obs[k].dtype == jnp.float32
   obs = np.asarray(s.obs["observation"])
-  np.testing.assert_array_equal(obs[:, :3], np.asarray(s.obs["achieved_goal"] if n_obs == 10 else obs[:, :3]))
-  if n_obs == 25:
+  if n_obs == 10:  # Reach: achieved goal = grip position
+    np.testing.assert_array_equal(obs[:, :3], np.asarray(s.obs["achieved_goal"]))
+  else:  # Push: achieved goal = object position
     np.testing.assert_array_equal(obs[:, 3:6], np.asarray(s.obs["achieved_goal"]))
     np.testing.assert_allclose(obs[:, 6:9], obs[:, 3:6] - obs[:, :3], atol=1e-6)
   s = jax.jit(env.step)(s, jnp.zeros((3, 4)))
   assert s.reward.shape == (3,) and s.done.shape == (3,)
-  expected = jnp.float32
-  assert s.reward.dtype == expected
+  assert s.reward.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(s.obs["observation"])[:, 3:5] if n_obs == 10 else
                                 np.asarray(s.obs["observation"])[:, 9:11], 0.0)  # blocked fingers
 

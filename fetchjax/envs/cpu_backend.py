@@ -150,9 +150,11 @@ class _HostSim:
 
     self._parallel(work, n)
     obs_t, ag_t = self._observations(term)
-    obs_n, ag_n = self._observations(nxt)
-    obs_n = np.where(mask[:, None], obs_n, obs_t)
-    ag_n = np.where(mask[:, None], ag_n, ag_t)
+    obs_n, ag_n = obs_t, ag_t
+    if mask.any():  # episodes end together: 49 of 50 steps reset nothing
+      obs_r, ag_r = self._observations(nxt)
+      obs_n = np.where(mask[:, None], obs_r, obs_t)
+      ag_n = np.where(mask[:, None], ag_r, ag_t)
     shape = lambda x: x.reshape(lead + x.shape[-1:])
     return (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
 
@@ -174,11 +176,8 @@ class CPhysics:
             jax.ShapeDtypeStruct((n, self.task.obs_size), f32), jax.ShapeDtypeStruct((n, 3), f32))
 
   def reset(self, object_xy, exact_xy=None):
-    n = object_xy.shape[0]
-    if exact_xy is not None:
-      return jax.pure_callback(self.host.reset, self._shapes(n), object_xy, jnp.asarray(exact_xy),
-                               vmap_method="broadcast_all")
-    return jax.pure_callback(self.host.reset, self._shapes(n), object_xy, vmap_method="broadcast_all")
+    args = (object_xy,) if exact_xy is None else (object_xy, jnp.asarray(exact_xy))
+    return jax.pure_callback(self.host.reset, self._shapes(object_xy.shape[0]), *args, vmap_method="broadcast_all")
 
   def step(self, state, action, reset_mask, reset_xy):
     n = state.shape[0]

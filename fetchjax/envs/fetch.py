@@ -112,8 +112,8 @@ class FetchEnv:
     goals = jnp.asarray(goals, jnp.float32).reshape(self.num_envs, 3)
     if rng is None:
       rng = jax.random.split(jax.random.PRNGKey(0), self.num_envs)
-    ps, observation, achieved = (self.backend.reset(object_xy) if exact_xy is None
-                                 else self.backend.reset(object_xy, exact_xy))
+    extra = () if exact_xy is None else (exact_xy,)
+    ps, observation, achieved = self.backend.reset(object_xy, *extra)
     obs = {"observation": observation, "achieved_goal": achieved, "desired_goal": goals}
     zeros = jnp.zeros(self.num_envs, jnp.float32)
     info = {"steps": jnp.zeros(self.num_envs, jnp.int32), "truncation": zeros,

@@ -157,13 +157,12 @@ def mjx_model_edits(spec: mujoco.MjSpec, task: FetchTask) -> None:
   """
   feet_world = _base_floor_contacts(task)
   m0 = spec.compile()
-  mujoco_data = mujoco.MjData(m0)
-  m_stock, reset = stock_model(task)
-  mujoco_data.qpos[:] = reset.qpos
-  mujoco.mj_kinematics(m0, mujoco_data)
+  d0 = mujoco.MjData(m0)
+  d0.qpos[:] = stock_model(task)[1].qpos
+  mujoco.mj_kinematics(m0, d0)
   base_id = _ids(m0, mujoco.mjtObj.mjOBJ_BODY, "robot0:base_link")
   base_geom = [i for i in range(m0.ngeom) if m0.geom_bodyid[i] == base_id][0]
-  base_rot, base_pos = mujoco_data.xmat[base_id].reshape(3, 3), mujoco_data.xpos[base_id]
+  base_rot, base_pos = d0.xmat[base_id].reshape(3, 3), d0.xpos[base_id]
   gripper = _ids(m0, mujoco.mjtObj.mjOBJ_BODY, "robot0:gripper_link")
   palm = [i for i in range(m0.ngeom) if m0.geom_bodyid[i] == gripper and m0.geom_type[i] == mujoco.mjtGeom.mjGEOM_MESH][0]
 
