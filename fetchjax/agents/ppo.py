@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import envs
+from fetchjax.agents import nets
 
 OBS_KEYS = ("achieved_goal", "desired_goal", "observation")  # SB3 CombinedExtractor order (sorted keys)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -119,8 +120,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     for h in self.hidden_sizes:  # SB3 ortho_init: gain sqrt(2) on hidden layers, zero biases
-      x = self.activation(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)))(x))
-    return nn.Dense(self.out_size, kernel_init=nn.initializers.orthogonal(self.out_gain))(x)
+      x = self.activation(nn.Dense(h, kernel_init=nets.orthogonal(math.sqrt(2.0)))(x))
+    return nn.Dense(self.out_size, kernel_init=nets.orthogonal(self.out_gain))(x)
 
 
 class ActorCritic(nn.Module):
