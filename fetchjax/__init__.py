@@ -16,3 +16,10 @@ def _set_xla_cpu_flags() -> None:
 _set_xla_cpu_flags()
 
 __version__ = "0.1.0"
+
+
+def load_policy(run_dir, seed_index: int = 0, step: int | None = None):
+  """The deterministic policy of a trained run as a numpy callable (see `fetchjax.policy.load_policy`)."""
+  from fetchjax.policy import load_policy as _load
+
+  return _load(run_dir, seed_index, step)

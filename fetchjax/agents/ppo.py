@@ -260,6 +260,14 @@ class TrainState:
 
 
 @flax.struct.dataclass
+class RunnerState:
+  """Everything a run carries between updates: a checkpoint of it resumes the run exactly."""
+  train_state: TrainState
+  env_state: Any
+  ep_ret: jax.Array  # running raw return of each env's current episode
+
+
+@flax.struct.dataclass
 class Transition:
   obs: jax.Array        # normalised policy input the action was taken from
   action: jax.Array     # unclipped Gaussian sample
@@ -271,27 +279,13 @@ class Transition:
   success: jax.Array    # is_success at an episode end (0 otherwise)
 
 
-def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[TrainState, dict]]:
-  """Builds the env (unless given) and returns `train(key) -> (TrainState, metrics)`.
-
-  `metrics[name]` has shape [num_updates]; names and meanings follow SB3's logger:
-    timesteps, ep_rew_mean (mean raw reward sum of the episodes completed in that rollout; NaN if none),
-    success_rate (is_success at those episode ends), value_loss, policy_gradient_loss, entropy_loss (-mean H),
-    entropy (mean H), approx_kl (last epoch's minibatches), clip_fraction (all epochs), loss (last minibatch),
-    explained_variance, std (mean exp(log_std)).
-  """
+def make_learner(config: PPOConfig, action_size: int = 4):
+  """(net, tx, loss_fn): the network, the optimiser (global-norm clip + Adam) and the minibatch loss
+  `loss_fn(params, transitions, advantages, returns) -> (loss, info)` that training optimises (also what the SB3
+  parity tests check)."""
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
-  net = ActorCritic(env.action_size, c.hidden_sizes, c.activation, c.log_std_init)
+  net = ActorCritic(action_size, c.hidden_sizes, c.activation, c.log_std_init)
   tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(c.learning_rate, eps=c.adam_eps))
-
-  def prep(rms, obs_dict):
-    x = flatten_obs(obs_dict)
-    return rms.normalize(x, c.clip_obs) if c.normalize_obs else x
-
-  def update_rms(rms, obs_dict):
-    return rms.update(flatten_obs(obs_dict)) if c.normalize_obs else rms
 
   def loss_fn(params, mb: Transition, adv, ret):
     mean, log_std, value = net.apply(params, mb.obs)
@@ -305,73 +299,113 @@ def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[Train
     return loss, dict(policy_gradient_loss=pg_loss, value_loss=v_loss, entropy=entropy, clip_fraction=clip_frac,
                       approx_kl=approx_kl, loss=loss)
 
-  def train(key: jax.Array):
+  return net, tx, loss_fn
+
+
+def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[TrainState, dict]]:
+  """Builds the env (unless given) and returns `train(key) -> (TrainState, metrics)`, the whole run as one
+  program; metrics as in `make_runner`."""
+  init, run = make_runner(config, env)
+
+  def train(key):
+    runner, metrics = run(init(key), config.num_updates)
+    return runner.train_state, metrics
+
+  return train
+
+
+def make_runner(config: PPOConfig, env=None):
+  """Returns `(init, run)`: `init(key) -> RunnerState` and `run(runner, n) -> (RunnerState, metrics)`, which does
+  `n` (static) updates. Splitting a run into chunks gives the same bits as one `train` (the CLI logs,
+  checkpoints and resumes between chunks); both are pure and vmap over seeds.
+
+  `metrics[name]` has shape [n]; names and meanings follow SB3's logger:
+    timesteps, ep_rew_mean (mean raw reward sum of the episodes completed in that rollout; NaN if none),
+    success_rate (is_success at those episode ends), value_loss, policy_gradient_loss, entropy_loss (-mean H),
+    entropy (mean H), approx_kl (last epoch's minibatches), clip_fraction (all epochs), loss (last minibatch),
+    explained_variance, std (mean exp(log_std)).
+  """
+  c = config
+  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
+  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
+  net, tx, loss_fn = make_learner(c, env.action_size)
+
+  def prep(rms, obs_dict):
+    x = flatten_obs(obs_dict)
+    return rms.normalize(x, c.clip_obs) if c.normalize_obs else x
+
+  def update_rms(rms, obs_dict):
+    return rms.update(flatten_obs(obs_dict)) if c.normalize_obs else rms
+
+  def init(key: jax.Array) -> RunnerState:
     key, k_init, k_env = jax.random.split(key, 3)
     params = net.init(k_init, jnp.zeros((1, obs_size)))
     env_state = env.reset(k_env)
     rms = update_rms(RunningMeanStd.create(obs_size), env_state.obs)  # VecNormalize.reset updates the stats
     ts = TrainState(params, tx.init(params), rms, key, jnp.zeros((), jnp.int32))
-    ep_ret = jnp.zeros(c.num_envs)
+    return RunnerState(ts, env_state, jnp.zeros(c.num_envs))
 
-    def env_step(carry, _):
-      ts, env_state, ep_ret = carry
-      key, k_act = jax.random.split(ts.key)
-      x = prep(ts.obs_rms, env_state.obs)
-      mean, log_std, value = net.apply(ts.params, x)
-      action = mean + jnp.exp(log_std) * jax.random.normal(k_act, mean.shape)
-      log_prob = gaussian_log_prob(action, mean, log_std)
-      env_state = env.step(env_state, jnp.clip(action, -1.0, 1.0))
-      # VecNormalize.step_wait: update the stats with the new obs, then normalise it and the terminal obs.
-      rms = update_rms(ts.obs_rms, env_state.obs)
-      done, trunc = env_state.done, env_state.info["truncation"]
-      final_value = net.apply(ts.params, prep(rms, env_state.info["final_obs"]), method=ActorCritic.value)
-      reward = bootstrap_truncation(env_state.reward, trunc, final_value, c.gamma)
-      ep_ret = ep_ret + env_state.reward
-      tr = Transition(x, action, log_prob, value, reward, done, ep_ret * done, env_state.info["is_success"] * done)
-      return (ts.replace(key=key, obs_rms=rms), env_state, ep_ret * (1.0 - done)), tr
+  def env_step(carry, _):
+    ts, env_state, ep_ret = carry
+    key, k_act = jax.random.split(ts.key)
+    x = prep(ts.obs_rms, env_state.obs)
+    mean, log_std, value = net.apply(ts.params, x)
+    action = mean + jnp.exp(log_std) * jax.random.normal(k_act, mean.shape)
+    log_prob = gaussian_log_prob(action, mean, log_std)
+    env_state = env.step(env_state, jnp.clip(action, -1.0, 1.0))
+    # VecNormalize.step_wait: update the stats with the new obs, then normalise it and the terminal obs.
+    rms = update_rms(ts.obs_rms, env_state.obs)
+    done, trunc = env_state.done, env_state.info["truncation"]
+    final_value = net.apply(ts.params, prep(rms, env_state.info["final_obs"]), method=ActorCritic.value)
+    reward = bootstrap_truncation(env_state.reward, trunc, final_value, c.gamma)
+    ep_ret = ep_ret + env_state.reward
+    tr = Transition(x, action, log_prob, value, reward, done, ep_ret * done, env_state.info["is_success"] * done)
+    return (ts.replace(key=key, obs_rms=rms), env_state, ep_ret * (1.0 - done)), tr
 
-    def sgd_epoch(carry, _):
-      ts, batch = carry
-      key, k_perm = jax.random.split(ts.key)
-      perm = jax.random.permutation(k_perm, c.rollout_size)  # SB3 reshuffles the whole buffer every epoch
-      mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.batch_size) + x.shape[1:]), batch)
+  def sgd_epoch(carry, _):
+    ts, batch = carry
+    key, k_perm = jax.random.split(ts.key)
+    perm = jax.random.permutation(k_perm, c.rollout_size)  # SB3 reshuffles the whole buffer every epoch
+    mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.batch_size) + x.shape[1:]), batch)
 
-      def sgd_step(ts, mb):
-        tr, adv, ret = mb
-        grads, info = jax.grad(loss_fn, has_aux=True)(ts.params, tr, adv, ret)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-        return ts.replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state), info
+    def sgd_step(ts, mb):
+      tr, adv, ret = mb
+      grads, info = jax.grad(loss_fn, has_aux=True)(ts.params, tr, adv, ret)
+      updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+      return ts.replace(params=optax.apply_updates(ts.params, updates), opt_state=opt_state), info
 
-      ts, info = jax.lax.scan(sgd_step, ts.replace(key=key), mbs)
-      return (ts, batch), info
+    ts, info = jax.lax.scan(sgd_step, ts.replace(key=key), mbs)
+    return (ts, batch), info
 
-    def update(carry, _):
-      ts, env_state, ep_ret = carry
-      (ts, env_state, ep_ret), traj = jax.lax.scan(env_step, (ts, env_state, ep_ret), None, c.n_steps)
-      last_value = net.apply(ts.params, prep(ts.obs_rms, env_state.obs), method=ActorCritic.value)
-      adv, ret = compute_gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
-      flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, adv, ret))
-      (ts, _), info = jax.lax.scan(sgd_epoch, (ts, flat), None, c.n_epochs)  # info: [epochs, minibatches]
+  def update(carry, _):
+    ts, env_state, ep_ret = carry
+    (ts, env_state, ep_ret), traj = jax.lax.scan(env_step, (ts, env_state, ep_ret), None, c.n_steps)
+    last_value = net.apply(ts.params, prep(ts.obs_rms, env_state.obs), method=ActorCritic.value)
+    adv, ret = compute_gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
+    flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, adv, ret))
+    (ts, _), info = jax.lax.scan(sgd_epoch, (ts, flat), None, c.n_epochs)  # info: [epochs, minibatches]
 
-      n_done = traj.done.sum()
-      log_std = ts.params["params"]["log_std"]
-      metrics = {k: v.mean() for k, v in info.items() if k not in ("approx_kl", "loss")}
-      metrics.update(
-          timesteps=(ts.step + 1) * c.rollout_size,
-          ep_rew_mean=jnp.where(n_done > 0, traj.ep_return.sum() / jnp.maximum(n_done, 1), jnp.nan),
-          success_rate=jnp.where(n_done > 0, traj.success.sum() / jnp.maximum(n_done, 1), jnp.nan),
-          entropy_loss=-info["entropy"].mean(),
-          approx_kl=info["approx_kl"][-1].mean(),
-          loss=info["loss"][-1, -1],
-          explained_variance=explained_variance(traj.value.ravel(), ret.ravel()),
-          std=jnp.exp(log_std).mean(),
-      )
-      return (ts.replace(step=ts.step + 1), env_state, ep_ret), metrics
+    n_done = traj.done.sum()
+    log_std = ts.params["params"]["log_std"]
+    metrics = {k: v.mean() for k, v in info.items() if k not in ("approx_kl", "loss")}
+    metrics.update(
+        timesteps=(ts.step + 1) * c.rollout_size,
+        ep_rew_mean=jnp.where(n_done > 0, traj.ep_return.sum() / jnp.maximum(n_done, 1), jnp.nan),
+        success_rate=jnp.where(n_done > 0, traj.success.sum() / jnp.maximum(n_done, 1), jnp.nan),
+        entropy_loss=-info["entropy"].mean(),
+        approx_kl=info["approx_kl"][-1].mean(),
+        loss=info["loss"][-1, -1],
+        explained_variance=explained_variance(traj.value.ravel(), ret.ravel()),
+        std=jnp.exp(log_std).mean(),
+    )
+    return (ts.replace(step=ts.step + 1), env_state, ep_ret), metrics
 
-    (ts, _, _), metrics = jax.lax.scan(update, (ts, env_state, ep_ret), None, c.num_updates)
-    return ts, metrics
+  def run(runner: RunnerState, n: int) -> tuple[RunnerState, dict]:
+    carry = (runner.train_state, runner.env_state, runner.ep_ret)
+    (ts, env_state, ep_ret), metrics = jax.lax.scan(update, carry, None, n)
+    return RunnerState(ts, env_state, ep_ret), metrics
 
-  return train
+  return init, run
 
 
 def policy_action(params, obs: dict, config: PPOConfig, obs_rms: RunningMeanStd | None = None, key=None):
@@ -385,6 +419,29 @@ def policy_action(params, obs: dict, config: PPOConfig, obs_rms: RunningMeanStd 
   return jnp.clip(a, -1.0, 1.0)
 
 
-__all__ = ["PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
+def preset(name: str, **overrides) -> PPOConfig:
+  return PPOConfig.preset(name, **overrides)
+
+
+def config_from_dict(d: dict) -> PPOConfig:
+  """The config a run recorded in meta.json (unknown keys are an error: the file is from another version)."""
+  return PPOConfig.preset("book", **{k: tuple(v) if k == "hidden_sizes" else v for k, v in d.items()})
+
+
+def policy_of(runner) -> dict:
+  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
+  ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
+  params, rms = (ts["params"], ts["obs_rms"]) if isinstance(ts, dict) else (ts.params, ts.obs_rms)
+  if isinstance(rms, dict):
+    rms = RunningMeanStd(**rms)
+  return {"params": params, "obs_rms": rms}
+
+
+def make_act(config: PPOConfig):
+  """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic (clipped mean) when key is None."""
+  return lambda policy, obs, key=None: policy_action(policy["params"], obs, config, policy["obs_rms"], key)
+
+
+__all__ = ["preset", "config_from_dict", "policy_of", "make_act", "PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
            "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
-           "make_train", "policy_action", "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
+           "make_train", "make_learner", "make_runner", "RunnerState", "policy_action", "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]

@@ -1,0 +1,269 @@
+"""Evaluate a run with the book's protocol (experiment_contract.md §3, §7) and write its eval JSON.
+
+    python -m fetchjax.eval --run-dir DIR [--n-episodes 100] [--deterministic | --stochastic] [--seed 0]
+                            [--json-out F]
+
+Episode i starts from the object position and goal that CPU gymnasium-robotics samples on `reset(seed=base+i)`
+(`base = --seed`), so every model and every training seed is scored on the same 100 tasks as an SB3 `eval.py`
+run with `--seeds 0-99`. All training seeds of the run are evaluated in one vmapped program. Success is
+`is_success` at the final (50th) step. The do-nothing policy on the same tasks is reported as the trivial
+baseline p0 beside every result.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import fetchjax  # noqa: F401  (XLA flags before JAX starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fetchjax import agents, envs, runs
+
+
+@functools.lru_cache(maxsize=8)
+def book_tasks(env_id: str, n: int, seed_base: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(object_xy [n, 2], goal [n, 3]) float64, as CPU gymnasium-robotics samples them on reset(seed=base+i)."""
+  import gymnasium as gym
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    ref = gym.make(env_id).unwrapped
+  xy, goals = np.zeros((n, 2)), np.zeros((n, 3))
+  for i in range(n):
+    ref.reset(seed=seed_base + i)
+    if ref.has_object:
+      adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
+      xy[i] = ref.data.qpos[adr:adr + 2]
+    goals[i] = ref.goal
+  ref.close()
+  return xy, goals
+
+
+def rollout(env, act, policies, state0, keys=None, record: int = 0):
+  """One episode of every env for every policy (leading axis = training seed), in one jitted program.
+
+  Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal [seeds, n, 3]
+  and, if `record` > 0, the physics trajectory of the first `record` envs (T states, the reset one first).
+  """
+  T = env.max_episode_steps
+  stochastic = keys is not None
+
+  def one_seed(policy, key):
+    def body(carry, t):
+      s, k = carry
+      k, k_act = jax.random.split(k)
+      a = act(policy, s.obs, k_act if stochastic else None)
+      nxt = env.step(s, a)
+      out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
+      if record:
+        ps = s.pipeline_state
+        out["physics"] = ps[:record] if env.backend_name == "cpu" else ps.qpos[:record]
+      return (nxt, k), out
+
+    (last, _), out = jax.lax.scan(body, (state0, key), jnp.arange(T))
+    out["final_ag"] = last.info["final_obs"]["achieved_goal"]
+    out["final_dg"] = last.info["final_obs"]["desired_goal"]
+    return out
+
+  n_seeds = jax.tree.leaves(policies)[0].shape[0]
+  seed_keys = keys if stochastic else jnp.zeros((n_seeds, 2), jnp.uint32)
+  return jax.tree.map(np.asarray, jax.jit(jax.vmap(one_seed))(policies, seed_keys))
+
+
+def episode_metrics(out: dict, seed_index: int) -> list[dict]:
+  """Per-episode metrics (repo eval.py definitions) from one seed's rollout."""
+  rew, suc, act = out["reward"][seed_index], out["success"][seed_index] > 0, out["action"][seed_index]
+  dist = np.linalg.norm(out["final_ag"][seed_index].astype(np.float64) - out["final_dg"][seed_index], axis=-1)
+  smooth = np.sum(np.sum(np.square(np.diff(act.astype(np.float64), axis=0)), axis=-1), axis=0)
+  first = np.where(suc.any(0), suc.argmax(0) + 1, -1)
+  return [dict(success=bool(suc[-1, i]), **{"return": float(rew[:, i].astype(np.float64).sum())},
+               length=int(rew.shape[0]), final_distance=float(dist[i]),
+               time_to_success=None if first[i] < 0 else int(first[i]), action_smoothness=float(smooth[i]),
+               action_max_abs=float(np.abs(act[:, i]).max())) for i in range(rew.shape[1])]
+
+
+def aggregate(episodes: list[dict]) -> dict:
+  """The book's aggregate block; std with ddof=0 like the repo's eval.py."""
+  col = lambda k: np.array([e[k] for e in episodes], np.float64)
+  out = dict(n_episodes=len(episodes), success_rate=float(col("success").mean()))
+  for k, name in (("return", "return"), ("final_distance", "final_distance"), ("length", "ep_len")):
+    out[f"{name}_mean"], out[f"{name}_std"] = float(col(k).mean()), float(col(k).std())
+  out["action_smoothness_mean"] = float(col("action_smoothness").mean())
+  out["action_max_abs_mean"] = float(col("action_max_abs").mean())
+  return out
+
+
+def across_seeds(values: list[float]) -> dict:
+  """mean, std (ddof 1), ci95 = 2 std / sqrt(n) and n across training seeds (experiment_contract.md §3)."""
+  v = np.asarray(values, np.float64)
+  std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+  return dict(mean=float(v.mean()), std=std, ci95=2.0 * std / np.sqrt(len(v)), n=len(v))
+
+
+def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100, seed_base: int = 0,
+             deterministic: bool = True, backend: str = "auto", record: int = 0, key=None) -> tuple[dict, dict]:
+  """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout)."""
+  env = envs.make(env_id, num_envs=n_episodes, backend=backend)
+  xy, goals = book_tasks(env_id, n_episodes, seed_base)
+  state0 = env.reset_to(xy, goals)
+  keys = None if deterministic else jax.random.split(key if key is not None else jax.random.PRNGKey(seed_base),
+                                                     len(seeds))
+  t0 = time.time()
+  out = rollout(env, act, policies, state0, keys, record)
+  zero = lambda policy, obs, key=None: jnp.zeros(obs["observation"].shape[:-1] + (4,))
+  base = aggregate(episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0))
+  per_seed = []
+  for i, seed in enumerate(seeds):
+    eps = episode_metrics(out, i)
+    per_seed.append(dict(seed=seed, aggregate=aggregate(eps), per_episode=eps))
+  pooled = aggregate([e for s in per_seed for e in s["per_episode"]])
+  report = dict(
+      env_id=env_id, seeds=list(seeds), n_episodes=n_episodes, eval_seeds=f"{seed_base}-{seed_base + n_episodes - 1}",
+      deterministic=deterministic, backend=env.backend_name, device=runs.device_info(), versions=runs.versions(),
+      created_at=runs.now(), eval_wall_s=time.time() - t0,
+      aggregate=pooled,
+      across_seeds={k: across_seeds([s["aggregate"][k] for s in per_seed])
+                    for k in ("success_rate", "return_mean", "final_distance_mean")},
+      baseline_do_nothing=dict(success_rate=base["success_rate"], return_mean=base["return_mean"],
+                               final_distance_mean=base["final_distance_mean"]),
+      per_seed=per_seed)
+  return report, out
+
+
+def gymnasium_episodes(policy, env_id: str, n_episodes: int = 100, seed_base: int = 0) -> list[dict]:
+  """The same protocol in CPU gymnasium-robotics itself: episode i = `reset(seed=base+i)`, 50 steps of a numpy
+  policy (e.g. `fetchjax.load_policy`). The reference for policy-transfer checks."""
+  import gymnasium as gym
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    env = gym.make(env_id)
+  episodes = []
+  for i in range(n_episodes):
+    obs, _ = env.reset(seed=seed_base + i)
+    rewards, success, actions, trunc = [], [], [], False
+    while not trunc:
+      a = policy(obs)
+      obs, r, _, trunc, info = env.step(a)
+      rewards.append(r), success.append(info["is_success"]), actions.append(a)
+    out = dict(reward=np.array(rewards)[None, :, None], success=np.array(success, np.float32)[None, :, None],
+               action=np.array(actions)[None, :, None], final_ag=obs["achieved_goal"][None, None],
+               final_dg=obs["desired_goal"][None, None])
+    episodes += episode_metrics(out, 0)
+  env.close()
+  return episodes
+
+
+def load_run(run_dir, step: int | None = None):
+  """(meta, algo module, config, vmapped policies, checkpoint step) of a run directory."""
+  rd = runs.RunDir(run_dir)
+  meta = rd.read_meta()
+  algo = agents.get(meta["algo"])
+  try:
+    config = algo.config_from_dict(meta["config"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise runs.RunError(f"{rd.meta_path} has no usable config ({e})") from None
+  ckpt_step, raw = rd.restore_raw(step)
+  try:
+    policies = algo.policy_of(raw["runner"])
+  except (KeyError, TypeError) as e:
+    raise runs.RunError(f"checkpoint {ckpt_step} of {rd.path} lacks the policy ({e})") from None
+  return meta, algo, config, policies, ckpt_step
+
+
+def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, deterministic: bool = True,
+                 backend: str | None = None, step: int | None = None) -> dict:
+  meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
+  report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
+                       deterministic, backend or getattr(config, "backend", "auto"))
+  report = dict(checkpoint=str(Path(runs.RunDir(run_dir).path) / runs.CKPT_DIR / str(ckpt_step)),
+                checkpoint_steps=ckpt_step, algo=meta["algo"], **report)
+  for k in ("training_time_sec", "steps_per_sec"):
+    if k in meta:
+      report[f"train_{k}"] = meta[k]
+  return report
+
+
+def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, step: int | None = None) -> dict:
+  from fetchjax.policy import load_policy
+
+  meta = runs.RunDir(run_dir).read_meta()
+  t0, per_seed = time.time(), []
+  for i, seed in enumerate(meta["seeds"]):
+    pol = load_policy(run_dir, i, step)
+    eps = gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base)
+    per_seed.append(dict(seed=seed, aggregate=aggregate(eps), per_episode=eps))
+  base = aggregate(gymnasium_episodes(lambda o: np.zeros(4, np.float32), meta["env_id"], n_episodes, seed_base))
+  return dict(
+      checkpoint_steps=pol.step, algo=meta["algo"], env_id=meta["env_id"], simulator="gymnasium-robotics (CPU)",
+      seeds=meta["seeds"], n_episodes=n_episodes, eval_seeds=f"{seed_base}-{seed_base + n_episodes - 1}",
+      deterministic=True, versions=runs.versions(), created_at=runs.now(), eval_wall_s=time.time() - t0,
+      aggregate=aggregate([e for s in per_seed for e in s["per_episode"]]),
+      across_seeds={k: across_seeds([s["aggregate"][k] for s in per_seed])
+                    for k in ("success_rate", "return_mean", "final_distance_mean")},
+      baseline_do_nothing=dict(success_rate=base["success_rate"], return_mean=base["return_mean"],
+                               final_distance_mean=base["final_distance_mean"]),
+      per_seed=per_seed)
+
+
+def summary_line(report: dict) -> str:
+  a, b = report["aggregate"], report["baseline_do_nothing"]
+  return (f"{report['env_id']}: success {a['success_rate']:.3f}  return {a['return_mean']:.2f}  final distance "
+          f"{a['final_distance_mean']:.4f} m  over {a['n_episodes']} episodes ({len(report['seeds'])} seed(s), "
+          f"{'deterministic' if report['deterministic'] else 'stochastic'}); do-nothing p0 {b['success_rate']:.3f}")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m fetchjax.eval", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--run-dir", required=True, help="a directory written by python -m fetchjax.train")
+  p.add_argument("--n-episodes", type=int, default=100)
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                 help="act with the policy mean (default)")
+  g.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+  p.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default 0)")
+  p.add_argument("--backend", choices=envs.BACKENDS, default=None, help="env backend (default: the run's)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  p.add_argument("--json-out", default=None, help="default: RUN_DIR/eval.json (fetchjax) or "
+                 "RUN_DIR/eval_gymnasium.json (--sim gymnasium)")
+  p.add_argument("--sim", choices=("fetchjax", "gymnasium"), default="fetchjax",
+                 help="gymnasium: run the deterministic policies in CPU gymnasium-robotics instead (transfer check)")
+  a = p.parse_args(argv)
+  if a.n_episodes < 1 or a.seed < 0:
+    print("fetchjax.eval: error: --n-episodes must be >= 1 and --seed >= 0", file=sys.stderr)
+    return 2
+  if a.sim == "gymnasium" and not a.deterministic:
+    print("fetchjax.eval: error: --sim gymnasium evaluates the deterministic policy only", file=sys.stderr)
+    return 2
+  try:
+    if a.sim == "gymnasium":
+      report = evaluate_run_gymnasium(a.run_dir, a.n_episodes, a.seed, a.step)
+    else:
+      report = evaluate_run(a.run_dir, a.n_episodes, a.seed, a.deterministic, a.backend, a.step)
+  except (runs.RunError, ValueError) as e:
+    print(f"fetchjax.eval: error: {e}", file=sys.stderr)
+    return 2
+  default = "eval.json" if a.sim == "fetchjax" else "eval_gymnasium.json"
+  out = Path(a.json_out) if a.json_out else runs.RunDir(a.run_dir).path / default
+  out.parent.mkdir(parents=True, exist_ok=True)
+  runs.write_json(out, report)
+  print(summary_line(report))
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,46 @@
+"""`load_policy`: a trained fetchjax policy as a plain numpy callable, e.g. to drive CPU gymnasium-robotics."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+_KEYS = ("observation", "achieved_goal", "desired_goal")
+
+
+class Policy:
+  """Deterministic policy of one training seed: `policy(obs_dict) -> action` (numpy in, numpy out).
+
+  `obs_dict` is a gymnasium-robotics observation, single ({"observation": (10,), ...} -> action (4,)) or
+  batched (leading axis n -> actions (n, 4)), e.g. from a gymnasium vector env."""
+
+  def __init__(self, act, policy, env_id: str, algo: str, seed: int, step: int):
+    self.env_id, self.algo, self.seed, self.step = env_id, algo, seed, step
+    self._policy = policy
+    self._act = jax.jit(act)
+
+  def __call__(self, obs: dict) -> np.ndarray:
+    missing = [k for k in _KEYS if k not in obs]
+    if missing:
+      raise ValueError(f"observation dict lacks {missing}; expected the goal dict of {self.env_id}")
+    x = {k: np.asarray(obs[k], np.float32) for k in _KEYS}
+    single = x["observation"].ndim == 1
+    if single:
+      x = {k: v[None] for k, v in x.items()}
+    a = np.asarray(self._act(self._policy, x), np.float32)
+    return a[0] if single else a
+
+  def __repr__(self) -> str:
+    return f"Policy({self.algo} on {self.env_id}, training seed {self.seed}, {self.step} steps)"
+
+
+def load_policy(run_dir, seed_index: int = 0, step: int | None = None) -> Policy:
+  """The deterministic policy of training seed number `seed_index` (position in the run's seed list) from the
+  newest (or the given) checkpoint of a `python -m fetchjax.train` run directory."""
+  from fetchjax import eval as fj_eval, runs
+
+  meta, algo, config, policies, ckpt_step = fj_eval.load_run(run_dir, step)
+  n = len(meta["seeds"])
+  if not 0 <= seed_index < n:
+    raise runs.RunError(f"seed_index {seed_index} out of range: the run trained {n} seed(s) {meta['seeds']}")
+  one = jax.tree.map(lambda x: np.asarray(x)[seed_index], policies)
+  return Policy(algo.make_act(config), one, meta["env_id"], meta["algo"], meta["seeds"][seed_index], ckpt_step)
