@@ -57,8 +57,13 @@ def parse_overrides(items: list[str]) -> dict:
   return out
 
 
-def default_preset() -> str:
-  return "book" if jax.default_backend() == "cpu" else "gpu"
+def default_preset(algo: str = "ppo", env_id: str = DEFAULT_ENV, her: bool = False) -> str:
+  """The book's settings on CPU (for off-policy + HER: the ch5 Reach or Push ones), `gpu` on an accelerator."""
+  if jax.default_backend() != "cpu":
+    return "gpu"
+  if algo == "ppo" or not her:
+    return "book"
+  return "book_her_push" if "Push" in env_id and algo == "sac" else "book_her"
 
 
 def chunk_updates(num_updates: int, target_chunks: int = 25) -> int:
@@ -71,35 +76,25 @@ def chunk_updates(num_updates: int, target_chunks: int = 25) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # Logging
 # ----------------------------------------------------------------------------------------------------------
-TB_NAMES = {  # fetchjax metric -> SB3 logger key
-    "ep_rew_mean": "rollout/ep_rew_mean", "success_rate": "rollout/success_rate",
-    "value_loss": "train/value_loss", "policy_gradient_loss": "train/policy_gradient_loss",
-    "entropy_loss": "train/entropy_loss", "approx_kl": "train/approx_kl", "clip_fraction": "train/clip_fraction",
-    "loss": "train/loss", "explained_variance": "train/explained_variance", "std": "train/std",
-}
-
-
 class TensorBoard:
   """One tensorboardX writer per seed, in RUN_DIR/tb/seed<N> (one run per directory)."""
 
-  def __init__(self, rd: runs.RunDir, seeds: list[int]):
+  def __init__(self, rd: runs.RunDir, seeds: list[int], names: dict[str, str]):
     from tensorboardX import SummaryWriter
 
+    self.names = names  # the algorithm's metric -> SB3 tag map
     self.writers = [SummaryWriter(str(rd.tb_dir(s))) for s in seeds]
 
-  def log(self, steps, metrics: dict[str, np.ndarray], extra: dict[str, float], first_update: int):
+  def log(self, steps, metrics: dict[str, np.ndarray], constants: dict[str, float], first_iteration: int):
     for i, w in enumerate(self.writers):
       for u, step in enumerate(steps):
-        for name, tag in TB_NAMES.items():
+        for name, tag in self.names.items():
           if name in metrics and np.isfinite(metrics[name][i, u]):
             w.add_scalar(tag, float(metrics[name][i, u]), int(step))
-        w.add_scalar("train/n_updates", (first_update + u + 1) * extra["n_epochs"], int(step))
-        w.add_scalar("time/iterations", first_update + u + 1, int(step))
-        w.add_scalar("rollout/ep_len_mean", extra["ep_len"], int(step))
-        for k in ("time/fps", "time/time_elapsed", "train/learning_rate", "train/clip_range"):
-          if k in extra:
-            w.add_scalar(k, extra[k], int(step))
+        w.add_scalar("time/iterations", first_iteration + u + 1, int(step))
         w.add_scalar("time/total_timesteps", int(step), int(step))
+        for tag, value in constants.items():
+          w.add_scalar(tag, value, int(step))
       w.flush()
 
   def close(self):
@@ -182,10 +177,24 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   if a.env not in envs.list_envs():
     raise ValueError(f"unknown env id {a.env!r}; available: {', '.join(envs.list_envs())}")
   seeds = runs.parse_seeds(a.seeds if a.seeds is not None else str(a.seed))
-  preset = a.preset or default_preset()
+  her_flags = {"her": a.her or None, "n_sampled_goal": a.her_n_sampled_goal,
+               "goal_selection_strategy": a.her_strategy, "ent_coef": a.ent_coef, "gamma": a.gamma}
+  given = {k: v for k, v in her_flags.items() if v is not None}
+  fields = {f.name for f in dataclasses.fields(algo.preset("book"))}
+  unsupported = [k for k in given if k not in fields]
+  if unsupported:
+    flags = {"her": "--her", "n_sampled_goal": "--her-n-sampled-goal", "goal_selection_strategy": "--her-strategy",
+             "ent_coef": "--ent-coef", "gamma": "--gamma"}
+    raise ValueError(f"{', '.join(flags[k] for k in unsupported)} do(es) not apply to --algo {a.algo}"
+                     + (" (HER needs an off-policy algorithm: sac or td3)" if "her" in unsupported else ""))
+  if (a.her_n_sampled_goal is not None or a.her_strategy) and not a.her:
+    raise ValueError("--her-n-sampled-goal / --her-strategy need --her")
+  preset = a.preset or default_preset(a.algo, a.env, bool(a.her))
   if preset not in algo.PRESETS:
     raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.PRESETS))}")
-  overrides = parse_overrides(a.set)
+  overrides = {**given, **parse_overrides(a.set)}
+  if "ent_coef" in overrides:
+    overrides["ent_coef"] = _parse_value(str(overrides["ent_coef"]))
   overrides["env_id"] = a.env
   if a.total_steps is not None:
     overrides["total_timesteps"] = a.total_steps
@@ -249,7 +258,8 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
   say(f"compiled {chunk} update(s) per call in {compile_s:.1f} s")
 
   from fetchjax import diagnostics
-  tb = TensorBoard(rd, plan.seeds)
+  tb = TensorBoard(rd, plan.seeds, algo.TB_NAMES)
+  check = getattr(diagnostics, f"check_{plan.algo}", None)
   progress = None if quiet else Progress(num_updates * per_update, done_updates * per_update)
   reported: set = set()
   findings_all: list = []
@@ -272,12 +282,11 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
       steps_hist = np.concatenate([steps_hist, steps])
       history = {k: np.concatenate([history[k], v], 1) if k in history else v for k, v in metrics.items()}
       elapsed = time.time() - t0
-      tb.log(steps, metrics, dict(ep_len=50.0, n_epochs=cfg.n_epochs, **{
+      tb.log(steps, metrics, {
           "time/fps": (done_updates - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
-          "time/time_elapsed": elapsed, "train/learning_rate": cfg.learning_rate,
-          "train/clip_range": cfg.clip_range}), first)
-      new = [f for f in diagnostics.check_ppo(history, steps_hist, cfg, plan.env_id)
-             if (f.rule, f.seed) not in reported]
+          "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, first)
+      found = check(history, steps_hist, cfg, plan.env_id) if check else []
+      new = [f for f in found if (f.rule, f.seed) not in reported]
       for f in new:
         reported.add((f.rule, f.seed))
         findings_all.append(f)
@@ -346,7 +355,8 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
                                str(rd.path / "learning_curve.png"), f"{plan.algo} {plan.env_id}")
   except Exception as e:  # a missing plotting backend must not lose the run
     say(f"WARN learning curve not written: {type(e).__name__}: {e}")
-  diagnostics.write_diagnostics(str(rd.path / "diagnostics.json"), findings, diagnostics.PPO_RULE_IDS)
+  diagnostics.write_diagnostics(str(rd.path / "diagnostics.json"), findings,
+                                getattr(diagnostics, f"{plan.algo.upper()}_RULE_IDS", []))
   rd.update_meta(status="finished", finished_at=runs.now(),
                  eval_success_rate=report["aggregate"]["success_rate"] if report else None)
   say(f"done: {rd.path}")
@@ -386,6 +396,13 @@ def main(argv=None) -> int:
   p.add_argument("--n-envs", type=int, default=None, help="parallel envs per seed (default: the preset's)")
   p.add_argument("--preset", default=None, help="config preset (default: book on CPU, gpu on an accelerator)")
   p.add_argument("--backend", choices=envs.BACKENDS, default=None, help="env physics (default: auto)")
+  p.add_argument("--her", action="store_true", default=None, help="Hindsight Experience Replay (sac, td3)")
+  p.add_argument("--her-n-sampled-goal", "--n-sampled-goal", type=int, default=None, metavar="K",
+                 help="HER relabelled goals per real one (default 4)")
+  p.add_argument("--her-strategy", "--goal-selection-strategy", choices=("future", "final", "episode"),
+                 default=None, help="HER goal selection (default future)")
+  p.add_argument("--ent-coef", default=None, help="SAC entropy coefficient: auto, auto_<init> or a float")
+  p.add_argument("--gamma", type=float, default=None, help="discount factor (default: the preset's)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
   p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
   p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
@@ -397,7 +414,8 @@ def main(argv=None) -> int:
   p.add_argument("--quiet", action="store_true", help="no progress output")
   a = p.parse_args(argv)
   if a.resume and (a.run_dir or a.set or a.seeds or a.n_envs or a.preset or a.backend or a.algo != "ppo"
-                   or a.env != DEFAULT_ENV or a.seed != 0):
+                   or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
+                   or a.her_strategy or a.ent_coef is not None or a.gamma is not None):
     p.error("--resume takes its settings from the run; only --total-steps, --checkpoint-every, --pause-at, "
             "--eval-episodes, --video-episodes and --quiet may be given with it")
   for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at"):

@@ -1,47 +1,67 @@
-"""Cost of N vmapped seeds vs 1 seed with the real CLI, interleaved to bracket machine noise.
+"""Cost of N vmapped seeds vs 1 seed, measured in one process with interleaved calls (robust to load drift).
 
-  python scripts/measure_multiseed.py --seeds 4 --total-steps 500000 --out-dir /tmp/multiseed
+  python scripts/measure_multiseed.py --algo ppo --seeds 4 --rounds 5 [--preset book] [--updates-per-call 1]
 
-Runs `python -m fetchjax.train` for 1 seed, N seeds, then 1 seed again (eval 100 episodes, no video) and
-prints one JSON line: training wall-clock (compile excluded) and compile time of each, the ratio N-seed /
-mean(1-seed), and each run's eval success.
+Builds the CLI's program (`jit(vmap(run))` of the algorithm's `make_runner`) for 1 seed and for N seeds,
+compiles both, then alternates calls (1 seed, N seeds, 1 seed, ...) and prints one JSON line with every call's
+wall-clock, the median ratio t_N / t_1 and each program's compile time.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-from pathlib import Path
+import time
+
+import fetchjax  # noqa: F401  (XLA flags before JAX starts)
+import jax
+import numpy as np
+
+from fetchjax import agents, runs
 
 
-def run(seeds: str, steps: int, run_dir: Path) -> dict:
-  cmd = [sys.executable, "-m", "fetchjax.train", "--seeds", seeds, "--total-steps", str(steps), "--run-dir",
-         str(run_dir), "--video-episodes", "0", "--quiet"]
-  subprocess.run(cmd, check=True)
-  meta = json.loads((run_dir / "meta.json").read_text())
-  ev = json.loads((run_dir / "eval.json").read_text())
-  return dict(seeds=seeds, train_s=meta["training_time_sec"], compile_s=meta["compile_time_sec"],
-              env_steps_per_s=meta["steps_per_sec"], success=[s["aggregate"]["success_rate"] for s in ev["per_seed"]])
+def program(algo, cfg, n_seeds: int, updates: int):
+  init, run = algo.make_runner(cfg)
+  keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in range(n_seeds)])
+  runner = jax.jit(jax.vmap(init))(keys)
+  t0 = time.time()
+  step = jax.jit(jax.vmap(lambda r: run(r, updates))).lower(runner).compile()
+  return runner, step, time.time() - t0
 
 
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--algo", default="ppo")
+  p.add_argument("--preset", default="book")
+  p.add_argument("--env", default="FetchReachDense-v4")
   p.add_argument("--seeds", type=int, default=4)
-  p.add_argument("--total-steps", type=int, default=500_000)
-  p.add_argument("--out-dir", default="multiseed_runs")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--updates-per-call", type=int, default=1)
   a = p.parse_args()
-  out = Path(a.out_dir)
-  if out.exists() and any(out.iterdir()):
-    print(f"error: {out} is not empty", file=sys.stderr)
-    return 2
-  one_a = run("0", a.total_steps, out / "one_a")
-  many = run(f"0-{a.seeds - 1}", a.total_steps, out / f"seeds{a.seeds}")
-  one_b = run("0", a.total_steps, out / "one_b")
-  one = (one_a["train_s"] + one_b["train_s"]) / 2
-  print(json.dumps(dict(total_steps_per_seed=a.total_steps, one_seed=[one_a, one_b], n_seeds=many,
-                        ratio=many["train_s"] / one, ratio_incl_compile=(many["train_s"] + many["compile_s"]) / (
-                            one + (one_a["compile_s"] + one_b["compile_s"]) / 2))))
+  algo = agents.get(a.algo)
+  cfg = algo.preset(a.preset, env_id=a.env)
+  r1, f1, c1 = program(algo, cfg, 1, a.updates_per_call)
+  rn, fn, cn = program(algo, cfg, a.seeds, a.updates_per_call)
+  r1, _ = f1(r1)  # warm-up call each
+  rn, _ = fn(rn)
+  jax.block_until_ready((r1, rn))
+  t1, tn = [], []
+  for _ in range(a.rounds):
+    for f, store, which in ((f1, t1, 1), (fn, tn, a.seeds)):
+      t0 = time.time()
+      if which == 1:
+        r1, m = f(r1)
+      else:
+        rn, m = f(rn)
+      jax.block_until_ready(m)
+      store.append(time.time() - t0)
+  steps = cfg.rollout_size * a.updates_per_call
+  print(json.dumps(dict(
+      algo=a.algo, preset=a.preset, env=a.env, seeds=a.seeds, env_steps_per_seed_per_call=steps,
+      device=runs.device_info(), date=runs.now(), t_one_seed_s=t1, t_n_seeds_s=tn,
+      ratio_median=float(np.median(tn) / np.median(t1)), ratio_per_round=[b / x for x, b in zip(t1, tn)],
+      compile_one_s=c1, compile_n_s=cn, steps_per_s_one=steps / float(np.median(t1)),
+      steps_per_s_n_total=a.seeds * steps / float(np.median(tn)))))
   return 0
 
 

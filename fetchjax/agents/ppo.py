@@ -397,6 +397,7 @@ def make_runner(config: PPOConfig, env=None):
         loss=info["loss"][-1, -1],
         explained_variance=explained_variance(traj.value.ravel(), ret.ravel()),
         std=jnp.exp(log_std).mean(),
+        n_updates=(ts.step + 1) * c.n_epochs,  # SB3 counts epochs
     )
     return (ts.replace(step=ts.step + 1), env_state, ep_ret), metrics
 
@@ -417,6 +418,20 @@ def policy_action(params, obs: dict, config: PPOConfig, obs_rms: RunningMeanStd 
   mean, log_std, _ = net.apply(params, x)
   a = mean if key is None else mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
   return jnp.clip(a, -1.0, 1.0)
+
+
+TB_NAMES = {  # metric -> SB3 logger key
+    "ep_rew_mean": "rollout/ep_rew_mean", "success_rate": "rollout/success_rate",
+    "value_loss": "train/value_loss", "policy_gradient_loss": "train/policy_gradient_loss",
+    "entropy_loss": "train/entropy_loss", "approx_kl": "train/approx_kl", "clip_fraction": "train/clip_fraction",
+    "loss": "train/loss", "explained_variance": "train/explained_variance", "std": "train/std",
+    "n_updates": "train/n_updates",
+}
+
+
+def tb_constants(config: PPOConfig) -> dict[str, float]:
+  """Scalars SB3 logs every iteration that are constant here."""
+  return {"train/learning_rate": config.learning_rate, "train/clip_range": config.clip_range}
 
 
 def preset(name: str, **overrides) -> PPOConfig:
@@ -442,6 +457,6 @@ def make_act(config: PPOConfig):
   return lambda policy, obs, key=None: policy_action(policy["params"], obs, config, policy["obs_rms"], key)
 
 
-__all__ = ["preset", "config_from_dict", "policy_of", "make_act", "PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
+__all__ = ["TB_NAMES", "tb_constants", "preset", "config_from_dict", "policy_of", "make_act", "PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
            "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
            "make_train", "make_learner", "make_runner", "RunnerState", "policy_action", "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
