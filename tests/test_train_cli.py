@@ -189,9 +189,11 @@ def _cli(*args, cwd=None):
     (["--preset", "huge"], "unknown ppo preset"),
     (["--resume", "/nonexistent/run"], "no run directory"),
     (["--bogus-flag"], "unrecognized arguments"),
+    (["--her"], "HER needs an off-policy algorithm"),
+    (["--gamma", "0.9", "--resume", "/tmp/x"], "--resume takes its settings from the run"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
-  r = _cli(*args, "--run-dir", str(tmp_path / "x")) if "--resume" not in args else _cli(*args)
+  r = _cli(*args) if "--resume" in args else _cli(*args, "--run-dir", str(tmp_path / "x"))
   assert r.returncode == 2, r.stderr
   lines = [l for l in r.stderr.splitlines() if l.strip() and "Adroit" not in l and "gymnasium" not in l.lower()]
   assert len(lines) == 1 and message in lines[0], r.stderr
