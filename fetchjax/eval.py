@@ -109,6 +109,27 @@ def across_seeds(values: list[float]) -> dict:
   return dict(mean=float(v.mean()), std=std, ci95=2.0 * std / np.sqrt(len(v)), n=len(v))
 
 
+def scores(seeds: list[int], per_seed_episodes: list[list[dict]], baseline: list[dict]) -> dict:
+  """The report's result blocks: pooled aggregate, across-seed statistics, do-nothing p0, per-seed entries."""
+  per_seed = [dict(seed=seed, aggregate=aggregate(eps), per_episode=eps)
+              for seed, eps in zip(seeds, per_seed_episodes)]
+  base = aggregate(baseline)
+  return dict(
+      aggregate=aggregate([e for eps in per_seed_episodes for e in eps]),
+      across_seeds={k: across_seeds([s["aggregate"][k] for s in per_seed])
+                    for k in ("success_rate", "return_mean", "final_distance_mean")},
+      baseline_do_nothing={k: base[k] for k in ("success_rate", "return_mean", "final_distance_mean")},
+      per_seed=per_seed)
+
+
+def with_run_info(report: dict, run_dir, ckpt_step: int, meta: dict) -> dict:
+  """Prefixes a report with the checkpoint it scored and the run's training time and speed."""
+  out = dict(checkpoint=str(runs.RunDir(run_dir).path / runs.CKPT_DIR / str(ckpt_step)),
+             checkpoint_steps=ckpt_step, algo=meta["algo"], **report)
+  out.update({f"train_{k}": meta[k] for k in ("training_time_sec", "steps_per_sec") if k in meta})
+  return out
+
+
 def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100, seed_base: int = 0,
              deterministic: bool = True, backend: str = "auto", record: int = 0, key=None) -> tuple[dict, dict]:
   """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout)."""
@@ -120,22 +141,12 @@ def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100
   t0 = time.time()
   out = rollout(env, act, policies, state0, keys, record)
   zero = lambda policy, obs, key=None: jnp.zeros(obs["observation"].shape[:-1] + (4,))
-  base = aggregate(episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0))
-  per_seed = []
-  for i, seed in enumerate(seeds):
-    eps = episode_metrics(out, i)
-    per_seed.append(dict(seed=seed, aggregate=aggregate(eps), per_episode=eps))
-  pooled = aggregate([e for s in per_seed for e in s["per_episode"]])
+  base = episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0)
+  per_seed = [episode_metrics(out, i) for i in range(len(seeds))]
   report = dict(
       env_id=env_id, seeds=list(seeds), n_episodes=n_episodes, eval_seeds=f"{seed_base}-{seed_base + n_episodes - 1}",
       deterministic=deterministic, backend=env.backend_name, device=runs.device_info(), versions=runs.versions(),
-      created_at=runs.now(), eval_wall_s=time.time() - t0,
-      aggregate=pooled,
-      across_seeds={k: across_seeds([s["aggregate"][k] for s in per_seed])
-                    for k in ("success_rate", "return_mean", "final_distance_mean")},
-      baseline_do_nothing=dict(success_rate=base["success_rate"], return_mean=base["return_mean"],
-                               final_distance_mean=base["final_distance_mean"]),
-      per_seed=per_seed)
+      created_at=runs.now(), eval_wall_s=time.time() - t0, **scores(seeds, per_seed, base))
   return report, out
 
 
@@ -188,34 +199,22 @@ def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, determinist
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
   report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
                        deterministic, backend or getattr(config, "backend", "auto"))
-  report = dict(checkpoint=str(Path(runs.RunDir(run_dir).path) / runs.CKPT_DIR / str(ckpt_step)),
-                checkpoint_steps=ckpt_step, algo=meta["algo"], **report)
-  for k in ("training_time_sec", "steps_per_sec"):
-    if k in meta:
-      report[f"train_{k}"] = meta[k]
-  return report
+  return with_run_info(report, run_dir, ckpt_step, meta)
 
 
 def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, step: int | None = None) -> dict:
   from fetchjax.policy import load_policy
 
   meta = runs.RunDir(run_dir).read_meta()
-  t0, per_seed = time.time(), []
-  for i, seed in enumerate(meta["seeds"]):
-    pol = load_policy(run_dir, i, step)
-    eps = gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base)
-    per_seed.append(dict(seed=seed, aggregate=aggregate(eps), per_episode=eps))
-  base = aggregate(gymnasium_episodes(lambda o: np.zeros(4, np.float32), meta["env_id"], n_episodes, seed_base))
-  return dict(
-      checkpoint_steps=pol.step, algo=meta["algo"], env_id=meta["env_id"], simulator="gymnasium-robotics (CPU)",
-      seeds=meta["seeds"], n_episodes=n_episodes, eval_seeds=f"{seed_base}-{seed_base + n_episodes - 1}",
-      deterministic=True, versions=runs.versions(), created_at=runs.now(), eval_wall_s=time.time() - t0,
-      aggregate=aggregate([e for s in per_seed for e in s["per_episode"]]),
-      across_seeds={k: across_seeds([s["aggregate"][k] for s in per_seed])
-                    for k in ("success_rate", "return_mean", "final_distance_mean")},
-      baseline_do_nothing=dict(success_rate=base["success_rate"], return_mean=base["return_mean"],
-                               final_distance_mean=base["final_distance_mean"]),
-      per_seed=per_seed)
+  t0 = time.time()
+  policies = [load_policy(run_dir, i, step) for i in range(len(meta["seeds"]))]
+  per_seed = [gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base) for pol in policies]
+  base = gymnasium_episodes(lambda o: np.zeros(4, np.float32), meta["env_id"], n_episodes, seed_base)
+  report = dict(
+      env_id=meta["env_id"], simulator="gymnasium-robotics (CPU)", seeds=meta["seeds"], n_episodes=n_episodes,
+      eval_seeds=f"{seed_base}-{seed_base + n_episodes - 1}", deterministic=True, versions=runs.versions(),
+      created_at=runs.now(), eval_wall_s=time.time() - t0, **scores(meta["seeds"], per_seed, base))
+  return with_run_info(report, run_dir, policies[0].step, meta)
 
 
 def summary_line(report: dict) -> str:

@@ -190,37 +190,28 @@ class RunDir:
   def restore_checkpoint(self, target: Any, step: int | None = None) -> tuple[int, Any]:
     """Restores the newest (or the given) checkpoint into the structure of `target` (arrays or
     ShapeDtypeStructs)."""
-    import orbax.checkpoint as ocp
-
-    steps = self.checkpoint_steps()
-    if not steps:
-      raise RunError(f"{self.path} has no checkpoint to resume from ({self.path / CKPT_DIR} is missing or empty)")
-    step = steps[-1] if step is None else step
-    mngr = self._manager(create=False)
-    try:
-      state = mngr.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # orbax raises many types for truncated/garbled files
-      msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise RunError(f"checkpoint {self.path / CKPT_DIR / str(step)} is unreadable or does not match this run "
-                     f"({type(e).__name__}: {msg[:200]})") from None
-    finally:
-      mngr.close()
-    return step, state
+    return self._restore(step, target, "to resume from", "is unreadable or does not match this run")
 
   def restore_raw(self, step: int | None = None) -> tuple[int, dict]:
     """The newest checkpoint as nested dicts of numpy arrays, without knowing its structure (for load_policy)."""
+    return self._restore(step, None, "", "is unreadable")
+
+  def _restore(self, step: int | None, target: Any, purpose: str, failure: str) -> tuple[int, Any]:
     import orbax.checkpoint as ocp
 
     steps = self.checkpoint_steps()
     if not steps:
-      raise RunError(f"{self.path} has no checkpoint ({self.path / CKPT_DIR} is missing or empty)")
+      raise RunError(f"{self.path} has no checkpoint {purpose + ' ' if purpose else ''}"
+                     f"({self.path / CKPT_DIR} is missing or empty)")
     step = steps[-1] if step is None else step
     mngr = self._manager(create=False)
     try:
-      state = mngr.restore(step, args=ocp.args.StandardRestore())
-    except Exception as e:
-      raise RunError(f"checkpoint {self.path / CKPT_DIR / str(step)} is unreadable "
-                     f"({type(e).__name__}: {str(e).strip()[:200]})") from None
+      args = ocp.args.StandardRestore() if target is None else ocp.args.StandardRestore(target)
+      state = mngr.restore(step, args=args)
+    except Exception as e:  # orbax raises many types for truncated/garbled files
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise RunError(f"checkpoint {self.path / CKPT_DIR / str(step)} {failure} "
+                     f"({type(e).__name__}: {msg[:200]})") from None
     finally:
       mngr.close()
     return step, state

@@ -222,12 +222,13 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
   v_init = jax.jit(jax.vmap(init))
   done_updates, history, steps_hist = 0, {}, np.zeros(0, np.int64)
   if meta is None:  # fresh run
+    backend = envs.default_backend() if cfg.backend == "auto" else cfg.backend
     rd.create()
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
                 n_envs=cfg.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
-                checkpoint_every=ckpt_every, backend=envs.default_backend() if cfg.backend == "auto" else cfg.backend,
-                physics="C MuJoCo, stock gymnasium-robotics model (float64)" if (cfg.backend == "cpu" or (
-                    cfg.backend == "auto" and envs.default_backend() == "cpu")) else "MJX-JAX, edited model, float32",
+                checkpoint_every=ckpt_every, backend=backend,
+                physics="C MuJoCo, stock gymnasium-robotics model (float64)" if backend == "cpu"
+                else "MJX-JAX, edited model, float32",
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
                 command=" ".join(sys.argv), created_at=runs.now(), status="running")
     rd.write_meta(meta)
@@ -261,7 +262,6 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
   tb = TensorBoard(rd, plan.seeds, algo.TB_NAMES)
   check = getattr(diagnostics, f"check_{plan.algo}", None)
   progress = None if quiet else Progress(num_updates * per_update, done_updates * per_update)
-  reported: set = set()
   findings_all: list = []
   t0, start_updates = time.time(), done_updates
   last_ckpt = done_updates * per_update
@@ -286,9 +286,7 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
           "time/fps": (done_updates - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
           "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, first)
       found = check(history, steps_hist, cfg, plan.env_id) if check else []
-      new = [f for f in found if (f.rule, f.seed) not in reported]
-      for f in new:
-        reported.add((f.rule, f.seed))
+      for f in diagnostics.new_findings(findings_all, found):
         findings_all.append(f)
         if progress and progress.tty:
           print(file=sys.stderr)
@@ -335,15 +333,12 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
   """Evaluation, eval.json, learning curve, video and diagnostics.json once training is done."""
   from fetchjax import diagnostics, eval as fj_eval
 
-  report = None
+  report, meta = None, rd.read_meta()
   if plan.eval_episodes > 0:
     record = plan.video_episodes
     report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(runner), plan.seeds,
                                    plan.eval_episodes, 0, True, cfg.backend, record=min(record, plan.eval_episodes))
-    report = dict(checkpoint=str(rd.path / runs.CKPT_DIR / str(int(steps_hist[-1]))),
-                  checkpoint_steps=int(steps_hist[-1]), algo=plan.algo, **report,
-                  train_training_time_sec=rd.read_meta().get("training_time_sec"),
-                  train_steps_per_sec=rd.read_meta().get("steps_per_sec"))
+    report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
     if record > 0:

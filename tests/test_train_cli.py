@@ -133,6 +133,13 @@ def test_eval_cli(run2, tmp_path, capsys):
   ref = json.loads((run2 / "eval.json").read_text())
   assert rep["aggregate"]["success_rate"] == ref["aggregate"]["success_rate"]
   assert rep["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"], rel=1e-6)
+  gym_out = tmp_path / "g.json"
+  assert fj_eval.main(["--run-dir", str(run2), "--n-episodes", "10", "--sim", "gymnasium",
+                       "--json-out", str(gym_out)]) == 0
+  gym = json.loads(gym_out.read_text())
+  assert gym["simulator"].startswith("gymnasium") and gym["checkpoint_steps"] == 3 * UPDATE
+  assert gym["aggregate"]["success_rate"] == ref["aggregate"]["success_rate"]
+  assert gym["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"], abs=1e-4)
 
 
 def test_fetchjax_eval_matches_gymnasium(run2):
