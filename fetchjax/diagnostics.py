@@ -39,6 +39,17 @@ P5_MIN = 0.8
 P6_MAX, P6_UPDATES = 1e-3, 3
 P7_RATIO, P7_EARLY_FRAC, P7_EARLY_STEPS = 0.1, 0.25, 250_000
 P11_MAX, P11_WARMUP_FRAC = 0.0, 0.1
+# Off-policy (SAC/TD3, HER): thresholds; "iterations" = one 50-step episode of every env.
+R_MAX = 1.0                   # |reward| bound of every Fetch v4 task (sparse {-1, 0}; dense -distance, < 1 m)
+S1_FACTOR = 1.5               # |Q| beyond 1.5 x the analytic bound in each of the last WINDOW iterations
+S2_MAX, S2_UPDATES = 0.01, 10_000
+S3_MAX, S3_STEPS = 0.5, 200_000
+S5_REL, S5_ABS = 0.5, 1.0
+FLAT_MIN_STEPS, FLAT_MIN_FRAC = 100_000, 0.2   # S6, H4: as P1
+H4_MAX = -49.0
+PUSH_STUCK_STEPS, PUSH_STUCK_WINDOW, PUSH_STUCK_MAX, H1_ALPHA = 500_000, 100_000, 0.10, 0.1
+H10_SUCCESS_PP, H10_RETURN = 0.01, 1.0
+H11_ALPHA, H11_SUCCESS = 0.01, 0.1
 # NaN in these is legitimate (no episode ended in the rollout; Var(returns) == 0), so only +-inf is flagged.
 NAN_OK = ("ep_rew_mean", "success_rate", "explained_variance")
 
@@ -96,8 +107,54 @@ RULES: dict[str, Rule] = {r.id: r for r in [
          f"median of the last {WINDOW} updates ≤ {P11_MAX:g} after {P11_WARMUP_FRAC:.0%} of total steps "
          "(healthy 0.5–0.9)", "value targets or critic broken", "check the returns/targets of the value loss",
          "L2441"),
+    Rule("S1", "Q overestimation (or underestimation) spiral", "replay/q_min_mean",
+         f"abs(q_min_mean) > {S1_FACTOR:g} × the analytic bound (R + α·abs(log_prob_mean))/(1 − γ), R = {R_MAX:g}, in each "
+         f"of the last {WINDOW} iterations with gradient steps (corrected: book says > 100 and rising)",
+         "targets updating too fast or rewards out of range",
+         "rewards in [−1, 0]; τ = 0.005 and Polyak running; lr → 1e-4", "L3802–3806, §11"),
+    Rule("S2", "early entropy collapse", "train/ent_coef",
+         f"ent_coef < {S2_MAX:g} within the first {S2_UPDATES:,} gradient steps (auto α only; corrected: counted "
+         "from learning_starts)", "target entropy too low or small initial variance",
+         "target_entropy −4 (auto); try ent_coef 0.2; α lr 1e-4", "L3808–3812, L3476, §11.4"),
+    Rule("S3", "stall below 50% (Reach)", "rollout/success_rate",
+         f"success_rate < {S3_MAX:g} in every iteration of the last {S3_STEPS // 1000}k steps after learning_starts "
+         "(Reach tasks only: Push legitimately needs 1M+)", "too little exploration or buffer sampling",
+         "check α early in training, learning_starts, batch 256", "L3814–3818"),
+    Rule("S5", "twin critics diverge", "replay/q1_mean vs replay/q2_mean",
+         f"abs(q1 − q2) > max({S5_ABS:g}, {S5_REL:g}·abs(q̄)) in each of the last {WINDOW} iterations with gradient steps "
+         "(corrected: book uses a ratio > 10×)", "one critic stuck or a wrong optimiser",
+         "one critic optimiser over both Q losses", "L3826–3830, L3939, §11.5"),
+    Rule("S6", "ep_rew_mean flat at the random baseline (dense)", "rollout/ep_rew_mean",
+         f"as P1 (dense tasks): best median-of-3 ep_rew_mean within the margin of the random return after ≥ "
+         f"max({FLAT_MIN_STEPS // 1000}k, {FLAT_MIN_FRAC:.0%} of total) steps",
+         "sparse env or goal not in the policy input", "FetchReachDense-v4; policy input includes both goals",
+         "L3832–3836"),
+    Rule("H1", "Push stuck at ~5% with a large entropy coefficient", "rollout/success_rate, train/ent_coef",
+         f"mean success_rate ≤ {PUSH_STUCK_MAX:g} over the last {PUSH_STUCK_WINDOW // 1000}k steps after "
+         f"{PUSH_STUCK_STEPS // 1000}k, with mean ent_coef > {H1_ALPHA:g} (book: milestones 5–40% by 500k)",
+         "ent_coef auto or > 0.1", "fixed ent_coef 0.05 (--ent-coef 0.05, preset book_her_push); check her: true",
+         "L4716–4720"),
+    Rule("H2", "Push stuck at ~5% with a sane entropy coefficient", "rollout/success_rate",
+         f"mean success_rate ≤ {PUSH_STUCK_MAX:g} over the last {PUSH_STUCK_WINDOW // 1000}k steps after "
+         f"{PUSH_STUCK_STEPS // 1000}k, ent_coef ≤ {H1_ALPHA:g} (or TD3)", "γ = 0.99, HER off, or too few steps",
+         "γ 0.95; --her; ≥ 2M steps with 8 envs", "L4722–4726"),
+    Rule("H4", "return stuck at −50", "rollout/ep_rew_mean",
+         f"best median-of-3 ep_rew_mean < {H4_MAX:g} after ≥ max({FLAT_MIN_STEPS // 1000}k, "
+         f"{FLAT_MIN_FRAC:.0%} of total) steps (sparse tasks)", "HER off or the wrong env",
+         "--her; FetchPush-v4 / FetchReach-v4 (sparse) with the HER buffer", "L4734–4738"),
+    Rule("H10", "trivial-baseline policy (eval)", "eval success_rate, return",
+         f"eval success within ±{H10_SUCCESS_PP * 100:g} pp of the do-nothing p₀ on the same tasks, or (sparse) "
+         f"mean return within ±{H10_RETURN:g} of the do-nothing return", "the policy does nothing useful",
+         "compare with p₀ (reported beside every result); train longer or check the rules above",
+         "algorithms.md §3.4, §11.2"),
+    Rule("H11", "auto-entropy collapse on a sparse task", "train/ent_coef",
+         f"auto α < {H11_ALPHA:g} while success_rate (median of the last 3 iterations) < {H11_SUCCESS:g}",
+         "the sparse reward flattens Q, so α is driven down before anything is learnt",
+         "fixed ent_coef 0.05 (--ent-coef 0.05)", "L4607"),
 ]}
-PPO_RULE_IDS = ["NAN", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P11"]
+PPO_RULE_IDS = ["NAN", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P11", "H10"]
+SAC_RULE_IDS = ["NAN", "S1", "S2", "S3", "S5", "S6", "H1", "H2", "H4", "H10", "H11"]
+TD3_RULE_IDS = ["NAN", "S1", "S3", "S5", "S6", "H2", "H4", "H10"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +302,9 @@ def _finding(rule_id, seed, step, value, threshold, measure) -> Finding:
                  f"{measure} — {r.cause}; {r.fix}")
 
 
-def _check_nan(h: dict, steps, seed) -> list[Finding]:
-  bad = {k: ~np.isfinite(v) if k not in NAN_OK else np.isinf(v) for k, v in h.items()}
+def _check_nan(h: dict, steps, seed, nan_ok) -> list[Finding]:
+  """`nan_ok[name]`: where a NaN in that metric is legitimate (bool array or scalar)."""
+  bad = {k: np.isinf(v) | (np.isnan(v) & ~np.asarray(nan_ok.get(k, False))) for k, v in h.items()}
   any_bad = np.any(list(bad.values()), axis=0)
   if not any_bad.any():
     return []
@@ -254,6 +312,30 @@ def _check_nan(h: dict, steps, seed) -> list[Finding]:
   names = [k for k in h if bad[k][i]]
   what = ", ".join(f"{k} = {h[k][i]}" for k in names)
   return [_finding("NAN", seed, steps[i], h[names[0]][i], np.nan, f"non-finite {what}")]
+
+
+def _per_seed(history: dict, steps, checks: dict, nan_ok: Callable, c: dict) -> list[Finding]:
+  """Runs `checks` {rule: (metrics, fn(*series, steps, c) -> (cond, value, threshold, measure))} on every seed."""
+  steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+  h = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in history.items() if k != "timesteps"}
+  n_seeds = next(iter(h.values())).shape[0] if h else 0
+  for k, v in h.items():
+    if v.ndim != 2 or v.shape != (n_seeds, len(steps)):
+      raise ValueError(f"history[{k!r}] has shape {v.shape}; expected [{n_seeds}, {len(steps)}] = [seeds, updates]")
+  if not len(steps) or not h:
+    return []
+  findings = []
+  for seed in range(n_seeds):
+    hs = {k: v[seed] for k, v in h.items()}
+    findings += _check_nan(hs, steps, seed, nan_ok(hs))
+    for rule_id, (metrics, check) in checks.items():
+      if all(m in hs for m in metrics):
+        with np.errstate(invalid="ignore", divide="ignore"):
+          cond, val, thr, measure = check(*(hs[m] for m in metrics), steps, c)
+        if cond.any():
+          i = int(np.argmax(cond))
+          findings.append(_finding(rule_id, seed, steps[i], val[i], thr, measure(val[i])))
+  return findings
 
 
 def check_ppo(history: dict, steps, config=None, env_id: str | None = None) -> list[Finding]:
@@ -264,32 +346,180 @@ def check_ppo(history: dict, steps, config=None, env_id: str | None = None) -> l
   total_timesteps, learning_rate, n_epochs, clip_range, ent_coef, log_std_init, env_id; defaults if absent).
   Returns the first firing of each rule for each seed, ordered by seed, then rule.
   """
-  steps = np.asarray(steps, dtype=np.int64).reshape(-1)
-  h = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in history.items() if k != "timesteps"}
-  n_seeds = next(iter(h.values())).shape[0] if h else 0
-  for k, v in h.items():
-    if v.ndim != 2 or v.shape != (n_seeds, len(steps)):
-      raise ValueError(f"history[{k!r}] has shape {v.shape}; expected [{n_seeds}, {len(steps)}] = [seeds, updates]")
-  if not len(steps) or not h:
-    return []
   c = dict(env_id=env_id or getattr(config, "env_id", ""),
-           total=getattr(config, "total_timesteps", None) or int(steps[-1]),
+           total=getattr(config, "total_timesteps", None) or int(np.max(steps, initial=0)),
            lr=getattr(config, "learning_rate", 3e-4), n_epochs=getattr(config, "n_epochs", 10),
            clip_range=getattr(config, "clip_range", 0.2), ent_coef=getattr(config, "ent_coef", 0.0),
            log_std_init=getattr(config, "log_std_init", 0.0))
-  findings = []
-  for seed in range(n_seeds):
-    hs = {k: v[seed] for k, v in h.items()}
-    findings += _check_nan(hs, steps, seed)
-    for rule_id, (metric, check) in _PPO_CHECKS.items():
-      if metric in hs:
-        with np.errstate(invalid="ignore"):
-          cond, val, thr, measure = check(hs[metric], steps, c)
-        if cond.any():
-          i = int(np.argmax(cond))
-          findings.append(_finding(rule_id, seed, steps[i], val[i], thr, measure(val[i])))
-  return findings
+  checks = {k: ((m,), fn) for k, (m, fn) in _PPO_CHECKS.items()}
+  return _per_seed(history, steps, checks, lambda h: {k: True for k in NAN_OK}, c)
 
 
-__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "RANDOM_RETURN", "check_ppo", "new_findings", "format_finding",
+# ----------------------------------------------------------------------------------------------------------
+# SAC / TD3 (+ HER)
+# ----------------------------------------------------------------------------------------------------------
+def _trained_last_k(x, trained, k, fn):
+  """`_last_k` over the iterations with gradient steps only (the others carry NaN learner metrics)."""
+  return _last_k(np.where(trained, x, np.nan), k, fn)
+
+
+def _s1(q, log_prob, alpha, calls, steps, c):
+  alpha = np.nan_to_num(alpha, nan=0.0)  # the α each gradient step used (fixed or learnt)
+  bound = (R_MAX + alpha * np.abs(np.nan_to_num(log_prob, nan=0.0))) / (1.0 - c["gamma"])
+  ratio = _trained_last_k(np.abs(q) / bound, calls > 0, WINDOW, np.min)
+  return ratio > S1_FACTOR, ratio, S1_FACTOR, \
+      lambda v: f"|q_min_mean| ≥ {v:.3g} × the analytic bound (R + α|log π|)/(1 − γ) (γ {c['gamma']:g}) in each of " \
+                f"the last {WINDOW} iterations"
+
+
+def _s1_td3(q, calls, steps, c):
+  return _s1(q, np.zeros_like(q), np.zeros_like(q), calls, steps, c)
+
+
+def _s2(alpha, n_updates, steps, c):
+  cond = c["auto"] & (n_updates <= S2_UPDATES) & (alpha < S2_MAX)
+  return cond, alpha, S2_MAX, lambda v: f"ent_coef {v:.3g} < {S2_MAX:g} within the first {S2_UPDATES:,} " \
+                                        "gradient steps"
+
+
+def _s3(x, steps, c):
+  if "Reach" not in c["env_id"]:
+    return np.zeros(x.shape, bool), x, S3_MAX, None
+  lo = np.searchsorted(steps, steps - S3_STEPS, side="right")
+  best = np.array([np.nanmax(x[j:i + 1], initial=-np.inf) for i, j in enumerate(lo)])
+  cond = (steps >= c["learning_starts"] + S3_STEPS) & (best < S3_MAX)
+  return cond, best, S3_MAX, lambda v: f"success_rate ≤ {v:.2f} < {S3_MAX:g} in every iteration of the last " \
+                                       f"{S3_STEPS // 1000}k steps"
+
+
+def _s5(q1, q2, calls, steps, c):
+  excess = np.abs(q1 - q2) / np.maximum(S5_ABS, S5_REL * np.abs(0.5 * (q1 + q2)))
+  val = _trained_last_k(excess, calls > 0, WINDOW, np.min)
+  return val > 1.0, val, 1.0, lambda v: f"|q1 − q2| ≥ {v:.3g} × max({S5_ABS:g}, {S5_REL:g}·|q̄|) in each of the " \
+                                        f"last {WINDOW} iterations"
+
+
+def _flat(x, steps, c, baseline, margin):
+  best = np.fmax.accumulate(_last_k(x, 3, np.median))
+  thr = baseline + margin
+  cond = (steps >= max(FLAT_MIN_STEPS, FLAT_MIN_FRAC * c["total"])) & (np.cumsum(np.isfinite(x)) >= 3) & (best < thr)
+  return cond, best, thr, lambda v: f"ep_rew_mean never above {v:.2f} (best median of 3) < {thr:.2f}"
+
+
+def _s6(x, steps, c):
+  if c["env_id"] not in RANDOM_RETURN or not c["env_id"].endswith("Dense-v4"):
+    return np.zeros(x.shape, bool), x, np.nan, None
+  ref = RANDOM_RETURN[c["env_id"]]
+  return _flat(x, steps, c, ref, max(P1_MARGIN_ABS, P1_MARGIN_REL * abs(ref)))
+
+
+def _h4(x, steps, c):
+  if c["env_id"].endswith("Dense-v4"):
+    return np.zeros(x.shape, bool), x, np.nan, None
+  return _flat(x, steps, c, H4_MAX, 0.0)
+
+
+def _push_stuck(x, alpha, steps, c, large_alpha: bool):
+  if "Push" not in c["env_id"]:
+    return np.zeros(x.shape, bool), x, PUSH_STUCK_MAX, None
+  lo = np.searchsorted(steps, steps - PUSH_STUCK_WINDOW, side="right")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    sr = np.array([np.nanmean(x[j:i + 1]) for i, j in enumerate(lo)])
+    a = np.array([np.nanmean(alpha[j:i + 1]) for i, j in enumerate(lo)])
+  big = np.nan_to_num(a, nan=0.0) > H1_ALPHA
+  cond = (steps >= PUSH_STUCK_STEPS) & (sr <= PUSH_STUCK_MAX) & (big if large_alpha else ~big)
+  return cond, sr, PUSH_STUCK_MAX, lambda v: f"success_rate {v:.3f} ≤ {PUSH_STUCK_MAX:g} (mean over the last " \
+      f"{PUSH_STUCK_WINDOW // 1000}k steps) with ent_coef ≈ {a[np.argmax(cond)]:.3g}, γ {c['gamma']:g}, " \
+      f"HER {'on' if c['her'] else 'OFF'}"
+
+
+def _h1(x, alpha, steps, c):
+  return _push_stuck(x, alpha, steps, c, True)
+
+
+def _h2(x, alpha, steps, c):
+  return _push_stuck(x, alpha, steps, c, False)
+
+
+def _h2_td3(x, steps, c):
+  return _push_stuck(x, np.zeros_like(x), steps, c, False)
+
+
+def _h11(alpha, x, steps, c):
+  if not c["auto"] or c["env_id"].endswith("Dense-v4"):
+    return np.zeros(x.shape, bool), alpha, H11_ALPHA, None
+  sr = _last_k(x, 3, np.median)
+  cond = (alpha < H11_ALPHA) & (sr < H11_SUCCESS)
+  return cond, alpha, H11_ALPHA, lambda v: f"auto ent_coef {v:.3g} < {H11_ALPHA:g} while success_rate < " \
+                                           f"{H11_SUCCESS:g}"
+
+
+_SAC_CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "S1": (("q_min_mean", "log_prob_mean", "ent_coef", "train_calls"), _s1),
+    "S2": (("ent_coef", "n_updates"), _s2),
+    "S3": (("success_rate",), _s3),
+    "S5": (("q1_mean", "q2_mean", "train_calls"), _s5),
+    "S6": (("ep_rew_mean",), _s6),
+    "H1": (("success_rate", "ent_coef"), _h1),
+    "H2": (("success_rate", "ent_coef"), _h2),
+    "H4": (("ep_rew_mean",), _h4),
+    "H11": (("ent_coef", "success_rate"), _h11),
+}
+_TD3_CHECKS = {**{k: _SAC_CHECKS[k] for k in ("S3", "S5", "S6", "H4")},
+               "S1": (("q_min_mean", "train_calls"), _s1_td3), "H2": (("success_rate",), _h2_td3)}
+
+
+def _offpolicy_context(config, env_id, steps) -> dict:
+  from fetchjax.agents.sac import _parse_ent_coef  # ent_coef "auto" / "auto_0.1" / 0.05
+
+  auto, alpha = _parse_ent_coef(getattr(config, "ent_coef", 0.0))
+  return dict(env_id=env_id or getattr(config, "env_id", ""),
+              total=getattr(config, "total_timesteps", None) or int(np.max(steps, initial=0)),
+              gamma=getattr(config, "gamma", 0.99), learning_starts=getattr(config, "learning_starts", 0),
+              her=getattr(config, "her", False), auto=auto, alpha=alpha)
+
+
+def _offpolicy_nan_ok(h: dict) -> dict:
+  """Learner metrics are NaN in iterations without gradient steps (warm-up); ent_coef_loss when α is fixed."""
+  idle = h.get("train_calls", np.zeros(1)) == 0
+  ok = {k: idle for k in h if k not in ("timesteps", "n_updates", "train_calls")}
+  ok.update({k: True for k in NAN_OK}, ent_coef_loss=True)
+  return ok
+
+
+def check_sac(history: dict, steps, config=None, env_id: str | None = None) -> list[Finding]:
+  """Checks `SAC_RULE_IDS` (but H10, an eval rule: `check_eval`) on fetchjax SAC metrics (`sac.make_runner`);
+  arguments as `check_ppo`, config a `SACConfig`."""
+  return _per_seed(history, steps, _SAC_CHECKS, _offpolicy_nan_ok, _offpolicy_context(config, env_id, steps))
+
+
+def check_td3(history: dict, steps, config=None, env_id: str | None = None) -> list[Finding]:
+  """Checks `TD3_RULE_IDS` (but H10) on fetchjax TD3 metrics (`td3.make_runner`); config a `TD3Config`."""
+  return _per_seed(history, steps, _TD3_CHECKS, _offpolicy_nan_ok, _offpolicy_context(config, env_id, steps))
+
+
+def check_eval(report: dict) -> list[Finding]:
+  """H10 on an eval.json report: per training seed, deterministic success within ±1 pp of the do-nothing p₀ on
+  the same tasks, or (sparse tasks) mean return within ±1 of the do-nothing return."""
+  base = report.get("baseline_do_nothing")
+  if not base:
+    return []
+  sparse = not report.get("env_id", "").endswith("Dense-v4")
+  step = int(report.get("checkpoint_steps") or 0)
+  out = []
+  for i, s in enumerate(report.get("per_seed", [])):
+    agg = s["aggregate"]
+    d_sr = abs(agg["success_rate"] - base["success_rate"])
+    d_ret = abs(agg["return_mean"] - base["return_mean"])
+    if d_sr <= H10_SUCCESS_PP + 1e-9 or (sparse and d_ret <= H10_RETURN):
+      out.append(_finding("H10", i, step, agg["success_rate"], base["success_rate"],
+                          f"eval success {agg['success_rate']:.3f}, return {agg['return_mean']:.2f} vs do-nothing "
+                          f"p₀ {base['success_rate']:.3f}, return {base['return_mean']:.2f} on the same "
+                          f"{agg['n_episodes']} tasks"))
+  return out
+
+
+__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "SAC_RULE_IDS", "TD3_RULE_IDS", "RANDOM_RETURN", "check_ppo",
+           "check_sac", "check_td3", "check_eval", "new_findings", "format_finding",
            "write_diagnostics", "rules_markdown"]

@@ -341,6 +341,9 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
+    for f in diagnostics.new_findings(findings, diagnostics.check_eval(report)):
+      findings.append(f)
+      say(diagnostics.format_finding(f))
     if record > 0:
       _video(rd, plan, out, say)
   try:

@@ -39,6 +39,8 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
+from measured import Recorder, max_abs, rel  # noqa: E402
+
 from fetchjax.agents import ppo  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
@@ -47,22 +49,7 @@ GAMMA, LAM = 0.99, 0.95
 CLIP, ENT_COEF, VF_COEF, MAX_GRAD_NORM, LR = 0.2, 0.01, 0.5, 0.5, 3e-4  # ent_coef != 0 to exercise that term
 
 ONE = 1.0 / (N_ENVS * N_STEPS) + 1e-9  # clip_fraction: allow one ratio on the other side of 1 +- clip_range
-ERRORS: dict[str, float] = {}    # measured errors, printed with `pytest -s`
-
-
-def _record(name, err, tol):
-  ERRORS[name] = float(err)
-  print(f"[sb3-parity] {name}: {float(err):.3g} (tol {tol:g})")
-  assert err <= tol, f"{name}: {err} > {tol}"
-
-
-def _max_abs(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def _rel(a, b, floor=1e-6):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), floor))
+record = Recorder("sb3-parity")  # measured errors, printed with `pytest -s`
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,13 +83,13 @@ def test_gae_matches_sb3_rollout_buffer(seed):
   adv, ret = ppo.compute_gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(dones),
                              jnp.asarray(last_values), GAMMA, LAM)
   # float32 on both sides: 1 ulp at |x| in [8, 16) is 9.5e-7, so the bound is 1e-6 x max(1, |x|max) (~8 ulp)
-  _record(f"gae_advantages[seed={seed}] max abs", _max_abs(adv, buf.advantages),
+  record(f"gae_advantages[seed={seed}] max abs", max_abs(adv, buf.advantages),
           1e-6 * max(1.0, np.abs(buf.advantages).max()))
-  _record(f"gae_returns[seed={seed}] max abs", _max_abs(ret, buf.returns), 1e-6 * max(1.0, np.abs(buf.returns).max()))
+  record(f"gae_returns[seed={seed}] max abs", max_abs(ret, buf.returns), 1e-6 * max(1.0, np.abs(buf.returns).max()))
   # episode_starts[0] is irrelevant to SB3's GAE (sanity check of the mapping above)
   adv2, _ = ppo.compute_gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(starts),
                             jnp.asarray(last_values), GAMMA, LAM)
-  assert _max_abs(adv2, buf.advantages) > 1e-2, "naive episode_starts-as-dones should NOT match"
+  assert max_abs(adv2, buf.advantages) > 1e-2, "naive episode_starts-as-dones should NOT match"
 
 
 def test_running_mean_std_matches_sb3_vecnormalize():
@@ -119,14 +106,14 @@ def test_running_mean_std_matches_sb3_vecnormalize():
     x = (loc + scale * rng.normal(size=(n, d))).astype(np.float32)
     ref.update(x)
     rms = update(rms, jnp.asarray(x))
-  _record("obs rms mean rel", _rel(ref.mean, rms.mean), 1e-5)
-  _record("obs rms var rel", _rel(ref.var, rms.var), 1e-4)
-  _record("obs rms count abs", abs(ref.count - float(rms.count)), 1e-3)
+  record("obs rms mean rel", rel(ref.mean, rms.mean), 1e-5)
+  record("obs rms var rel", rel(ref.var, rms.var), 1e-4)
+  record("obs rms count abs", abs(ref.count - float(rms.count)), 1e-3)
   x = (loc + scale * rng.normal(size=(n, d)) * np.where(rng.random((n, d)) < 0.1, 30.0, 1.0)).astype(np.float32)
   vn = types.SimpleNamespace(epsilon=1e-8, clip_obs=10.0)  # VecNormalize defaults
   want = VecNormalize._normalize_obs(vn, x, ref)
   assert np.abs(want).max() == 10.0  # the clip is exercised
-  _record("normalized obs max abs", _max_abs(rms.normalize(jnp.asarray(x), 10.0), want), 1e-4)
+  record("normalized obs max abs", max_abs(rms.normalize(jnp.asarray(x), 10.0), want), 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,7 +135,7 @@ def torch_to_flax(sd: dict) -> dict:
 
 def _tree_rel(a, b):
   """Per-leaf max|a - b| / max|a| (a = reference), worst leaf."""
-  errs = jax.tree.map(lambda x, y: _rel(x, y, floor=1e-12), a, b)
+  errs = jax.tree.map(lambda x, y: rel(x, y, floor=1e-12), a, b)
   return max(jax.tree.leaves(errs))
 
 
@@ -237,7 +224,7 @@ def test_param_layout(sb3_run):
   with th.no_grad():
     feats = run.model.policy.extract_features(_torch_obs(run))
   feats = feats[0] if isinstance(feats, tuple) else feats
-  _record("features max abs", _max_abs(feats.numpy(), run.x), 0.0)
+  record("features max abs", max_abs(feats.numpy(), run.x), 0.0)
 
 
 def test_rollout_postprocessing_matches_sb3(sb3_run):
@@ -246,8 +233,8 @@ def test_rollout_postprocessing_matches_sb3(sb3_run):
   run, rec = sb3_run, sb3_run.rec
   params = torch_to_flax(rec.collect_sd)
   mean, log_std, value = run.net.apply(params, run.x)
-  _record("stored values max abs", _max_abs(value, run.values), 1e-5)
-  _record("stored log_probs max abs", _max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), run.old_log_prob),
+  record("stored values max abs", max_abs(value, run.values), 1e-5)
+  record("stored log_probs max abs", max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), run.old_log_prob),
           1e-5)
   assert np.abs(run.actions).max() > 1.0, "some stored actions should lie outside [-1, 1] (unclipped)"
 
@@ -261,15 +248,15 @@ def test_rollout_postprocessing_matches_sb3(sb3_run):
         final_x[t, i] = np.asarray(ppo.flatten_obs({k: np.asarray(v, np.float32) for k, v in o.items()}))
   final_v = run.net.apply(params, final_x, method=ppo.ActorCritic.value)
   rewards = ppo.bootstrap_truncation(jnp.asarray(raw), jnp.asarray(trunc), final_v, GAMMA)
-  _record("bootstrapped rewards max abs", _max_abs(rewards, rec.buffer["rewards"]), 1e-6)
+  record("bootstrapped rewards max abs", max_abs(rewards, rec.buffer["rewards"]), 1e-6)
 
   # GAE on the real buffer with fetchjax's dones convention (the env's done flags of each step)
   assert np.array_equal(rec.buffer["episode_starts"][1:], dones[:-1]) and np.array_equal(rec.last_dones, dones[-1])
   adv, ret = ppo.compute_gae(jnp.asarray(rec.buffer["rewards"]), jnp.asarray(rec.buffer["values"]),
                              jnp.asarray(dones), jnp.asarray(rec.last_values), GAMMA, LAM)
-  _record("rollout GAE advantages max abs", _max_abs(adv, rec.buffer["advantages"]),
+  record("rollout GAE advantages max abs", max_abs(adv, rec.buffer["advantages"]),
           1e-6 * max(1.0, np.abs(rec.buffer["advantages"]).max()))
-  _record("rollout GAE returns max abs", _max_abs(ret, rec.buffer["returns"]),
+  record("rollout GAE returns max abs", max_abs(ret, rec.buffer["returns"]),
           1e-6 * max(1.0, np.abs(rec.buffer["returns"]).max()))
 
 
@@ -282,12 +269,12 @@ def test_policy_forward_matches_sb3(sb3_run):
     values, log_prob, entropy = pol.evaluate_actions(obs, act)
     dist = pol.get_distribution(obs).distribution
   mean, log_std, value = run.net.apply(torch_to_flax(run.rec.train_sd), run.x)
-  _record("forward mean max abs", _max_abs(mean, dist.mean.numpy()), 1e-5)
-  _record("forward std max abs", _max_abs(jnp.exp(log_std), dist.stddev.numpy()), 1e-6)
-  _record("forward value max abs", _max_abs(value, values.numpy().ravel()), 1e-5)
-  _record("forward log_prob max abs", _max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), log_prob.numpy()),
+  record("forward mean max abs", max_abs(mean, dist.mean.numpy()), 1e-5)
+  record("forward std max abs", max_abs(jnp.exp(log_std), dist.stddev.numpy()), 1e-6)
+  record("forward value max abs", max_abs(value, values.numpy().ravel()), 1e-5)
+  record("forward log_prob max abs", max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), log_prob.numpy()),
           1e-5)
-  _record("forward entropy max abs", _max_abs(ppo.gaussian_entropy(log_std), entropy.numpy()), 1e-5)
+  record("forward entropy max abs", max_abs(ppo.gaussian_entropy(log_std), entropy.numpy()), 1e-5)
 
 
 def _sb3_loss_terms(policy, obs, actions, old_log_prob, advantages, returns):
@@ -347,21 +334,21 @@ def test_loss_terms_and_gradients_match_sb3(sb3_run):
                       approx_kl=approx_kl, loss=loss, advantages=adv, ratio=jnp.exp(log_prob - run.old_log_prob))
 
   g, out = jax.grad(pieces_loss, has_aux=True)(params)
-  _record("normalized advantages max abs", _max_abs(out["advantages"], ref["advantages"]), 1e-6)
-  _record("ratio max abs", _max_abs(out["ratio"], ref["ratio"]), 1e-5)
+  record("normalized advantages max abs", max_abs(out["advantages"], ref["advantages"]), 1e-6)
+  record("ratio max abs", max_abs(out["ratio"], ref["ratio"]), 1e-5)
   for k in ("policy_gradient_loss", "value_loss", "entropy_loss", "approx_kl", "loss"):
-    _record(f"{k} rel", _rel(out[k], ref[k]), 1e-5)
-  _record("clip_fraction abs", abs(float(out["clip_fraction"]) - ref["clip_fraction"]), ONE)
-  _record("grad (pieces) worst-leaf rel", _tree_rel(g_ref, g), 1e-5)
+    record(f"{k} rel", rel(out[k], ref[k]), 1e-5)
+  record("clip_fraction abs", abs(float(out["clip_fraction"]) - ref["clip_fraction"]), ONE)
+  record("grad (pieces) worst-leaf rel", _tree_rel(g_ref, g), 1e-5)
 
   # the loss_fn that training optimises (make_learner)
   g2, info = jax.grad(run.loss_fn, has_aux=True)(params, _fetchjax_transition(run), jnp.asarray(run.adv),
                                                  jnp.asarray(run.ret))
   for k in ("policy_gradient_loss", "value_loss", "approx_kl", "loss"):
-    _record(f"loss_fn {k} rel", _rel(info[k], ref[k]), 1e-5)
-  _record("loss_fn entropy rel", _rel(-info["entropy"], ref["entropy_loss"]), 1e-5)
-  _record("loss_fn clip_fraction abs", abs(float(info["clip_fraction"]) - ref["clip_fraction"]), ONE)
-  _record("grad (loss_fn) worst-leaf rel", _tree_rel(g_ref, g2), 1e-5)
+    record(f"loss_fn {k} rel", rel(info[k], ref[k]), 1e-5)
+  record("loss_fn entropy rel", rel(-info["entropy"], ref["entropy_loss"]), 1e-5)
+  record("loss_fn clip_fraction abs", abs(float(info["clip_fraction"]) - ref["clip_fraction"]), ONE)
+  record("grad (loss_fn) worst-leaf rel", _tree_rel(g_ref, g2), 1e-5)
 
 
 def test_train_step_matches_sb3(sb3_run):
@@ -377,17 +364,17 @@ def test_train_step_matches_sb3(sb3_run):
 
   logs = run.logs
   for k in ("policy_gradient_loss", "value_loss", "approx_kl", "loss"):
-    _record(f"train() log {k} rel", _rel(info[k], logs[f"train/{k}"]), 1e-5)
-  _record("train() log entropy_loss rel", _rel(-info["entropy"], logs["train/entropy_loss"]), 1e-5)
-  _record("train() log clip_fraction abs", abs(float(info["clip_fraction"]) - logs["train/clip_fraction"]), ONE)
-  _record("train() log explained_variance abs",
+    record(f"train() log {k} rel", rel(info[k], logs[f"train/{k}"]), 1e-5)
+  record("train() log entropy_loss rel", rel(-info["entropy"], logs["train/entropy_loss"]), 1e-5)
+  record("train() log clip_fraction abs", abs(float(info["clip_fraction"]) - logs["train/clip_fraction"]), ONE)
+  record("train() log explained_variance abs",
           abs(float(ppo.explained_variance(jnp.asarray(run.values), jnp.asarray(run.ret)))
               - logs["train/explained_variance"]), 1e-5)
-  _record("train() log std abs", abs(float(jnp.exp(new["params"]["log_std"]).mean()) - logs["train/std"]), 1e-6)
+  record("train() log std abs", abs(float(jnp.exp(new["params"]["log_std"]).mean()) - logs["train/std"]), 1e-6)
 
   # weights after one step: compare the updates (~lr per element) relative to lr
   before, after = torch_to_flax(run.rec.train_sd), torch_to_flax(run.after_sd)
   d_ref = jax.tree.map(lambda a, b: a - b, after, before)
   d_fj = jax.tree.map(lambda a, b: a - b, new, before)
   err = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), d_ref, d_fj)))
-  _record("train() step update max abs / lr", err / LR, 1e-3)
+  record("train() step update max abs / lr", err / LR, 1e-3)

@@ -69,11 +69,11 @@ def test_run_directory_contract(run2):
   assert (run2 / "learning_curve.png").stat().st_size > 1000
 
 
-def test_tensorboard_tags(run2):
+def _tb_tags(seed_dir):
   from tensorboardX.proto import event_pb2
   import struct
 
-  files = list((run2 / "tb" / "seed1").glob("events.*"))
+  files = list(seed_dir.glob("events.*"))
   assert len(files) == 1
   tags = set()
   data = files[0].read_bytes()
@@ -83,6 +83,11 @@ def test_tensorboard_tags(run2):
     ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
     tags.update(v.tag for v in ev.summary.value)
     pos += 12 + n + 4
+  return tags
+
+
+def test_tensorboard_tags(run2):
+  tags = _tb_tags(run2 / "tb" / "seed1")
   for t in ("rollout/ep_rew_mean", "rollout/success_rate", "train/value_loss", "train/approx_kl",
             "train/clip_fraction", "train/entropy_loss", "train/std", "time/fps"):
     assert t in tags, t
@@ -156,6 +161,25 @@ def test_fetchjax_eval_matches_gymnasium(run2):
   assert len({round(e["return"], 3) for e in ref}) > 1  # different tasks per episode
 
 
+def _assert_same_runs(a, b):
+  """Both runs' last checkpoints (every leaf of the runner state) and metric histories are bitwise equal."""
+  import jax
+
+  sa, ra = _ckpt_runner(a)
+  sb, rb = _ckpt_runner(b)
+  assert sa == sb
+  la, lb = jax.tree_util.tree_leaves_with_path(ra), jax.tree_util.tree_leaves_with_path(rb)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  _, ha = runs.RunDir(a).load_metrics()
+  _, hb = runs.RunDir(b).load_metrics()
+  assert set(ha) == set(hb)
+  for k in ha:
+    np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+  return sa, ra
+
+
 def test_resume_is_bitwise(tmp_path):
   """A run paused after 2 of 4 updates and resumed ends with the same bits as the uninterrupted run."""
   a, b = tmp_path / "a", tmp_path / "b"
@@ -165,18 +189,74 @@ def test_resume_is_bitwise(tmp_path):
   assert json.loads((b / "meta.json").read_text())["status"] == "paused"
   assert runs.RunDir(b).checkpoint_steps()[-1] == 2 * UPDATE
   assert fj_train.main(["--resume", str(b), "--quiet", "--eval-episodes", "0", "--video-episodes", "0"]) == 0
-  sa, ra = _ckpt_runner(a)
-  sb, rb = _ckpt_runner(b)
-  assert sa == sb == 4 * UPDATE
-  import jax
-  la, lb = jax.tree_util.tree_leaves_with_path(ra), jax.tree_util.tree_leaves_with_path(rb)
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-  _, ha = runs.RunDir(a).load_metrics()
-  _, hb = runs.RunDir(b).load_metrics()
-  for k in ha:
-    np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+  assert _assert_same_runs(a, b)[0] == 4 * UPDATE
+
+
+# SAC + HER through the same CLI: 2 envs x 50 steps per iteration, warm-up 100 steps, tiny nets.
+SAC_TINY = ["--algo", "sac", "--her", "--env", "FetchReach-v4", "--n-envs", "2", "--set", "buffer_size=1000",
+            "--set", "batch_size=32", "--set", "learning_starts=100", "--set", "hidden_sizes=16,16",
+            "--backend", "cpu", "--quiet"]
+SAC_ITER = 2 * 50
+
+
+def test_sac_her_run_and_exact_resume(tmp_path):
+  """SAC+HER, 2 vmapped seeds: the run directory contract (SAC metrics and TensorBoard tags, off-policy
+  diagnostics, eval.json, a policy that drives CPU gymnasium), and a run paused half-way and resumed from its
+  checkpoint (which holds the replay buffer) ends bitwise identical to the uninterrupted run."""
+  a, b = tmp_path / "a", tmp_path / "b"
+  common = [*SAC_TINY, "--seeds", "0-1", "--total-steps", str(6 * SAC_ITER), "--checkpoint-every", str(SAC_ITER),
+            "--video-episodes", "0"]
+  assert fj_train.main([*common, "--run-dir", str(a), "--eval-episodes", "4"]) == 0
+  assert fj_train.main([*common, "--run-dir", str(b), "--eval-episodes", "4", "--pause-at", str(3 * SAC_ITER)]) == 0
+  assert json.loads((b / "meta.json").read_text())["status"] == "paused"
+  assert fj_train.main(["--resume", str(b), "--quiet", "--video-episodes", "0"]) == 0
+  step, runner = _assert_same_runs(a, b)
+  assert step == 6 * SAC_ITER
+  assert np.all(np.asarray(runner["buffer"]["size"]) == 6 * 2)  # the replay buffer is in the checkpoint
+  meta = json.loads((a / "meta.json").read_text())
+  assert meta["algo"] == "sac" and meta["preset"] == "book_her" and meta["config"]["her"] is True
+  assert meta["config"]["gamma"] == 0.95 and meta["config"]["hidden_sizes"] == [16, 16]
+  _, hist = runs.RunDir(a).load_metrics()
+  assert hist["critic_loss"].shape == (2, 6) and np.isnan(hist["critic_loss"][:, 0]).all()  # warm-up iteration
+  assert np.isfinite(hist["critic_loss"][:, 1:]).all() and np.all(hist["n_updates"][:, -1] == 6 * 50 - 50)
+  tags = _tb_tags(a / "tb" / "seed1")
+  for t in ("rollout/success_rate", "train/critic_loss", "train/actor_loss", "train/ent_coef",
+            "train/ent_coef_loss", "replay/q_min_mean", "train/n_updates", "time/fps"):
+    assert t in tags, t
+  from fetchjax import diagnostics
+
+  diag = json.loads((a / "diagnostics.json").read_text())
+  assert diag["rules_checked"] == diagnostics.SAC_RULE_IDS
+  assert not [f for f in diag["findings"] if f["rule"] == "NAN"]  # warm-up NaNs are not findings
+  ev = json.loads((a / "eval.json").read_text())
+  assert ev["algo"] == "sac" and ev["aggregate"]["n_episodes"] == 8 and ev["deterministic"] is True
+  assert "baseline_do_nothing" in ev
+
+  import gymnasium as gym
+  import gymnasium_robotics
+
+  gym.register_envs(gymnasium_robotics)
+  pol = fetchjax.load_policy(a, seed_index=1)
+  env = gym.make("FetchReach-v4")
+  obs, _ = env.reset(seed=0)
+  for _ in range(50):
+    a_t = pol(obs)
+    assert a_t.shape == (4,) and np.all(np.abs(a_t) <= 1)
+    obs, r, term, trunc, info = env.step(a_t)
+  assert trunc and r in (0.0, -1.0)
+
+
+def test_td3_her_cli_run(tmp_path):
+  d = tmp_path / "td3"
+  args = [a for a in SAC_TINY if a != "sac"]
+  args[args.index("--algo") + 1:args.index("--algo") + 1] = ["td3"]
+  assert fj_train.main([*args, "--total-steps", str(3 * SAC_ITER), "--run-dir", str(d), "--eval-episodes", "2",
+                        "--video-episodes", "0"]) == 0
+  meta = json.loads((d / "meta.json").read_text())
+  assert meta["algo"] == "td3" and meta["status"] == "finished" and meta["config"]["policy_delay"] == 2
+  _, hist = runs.RunDir(d).load_metrics()
+  assert np.isfinite(hist["critic_loss"][:, 1:]).all() and "ent_coef" not in hist
+  assert json.loads((d / "diagnostics.json").read_text())["rules_checked"][:2] == ["NAN", "S1"]
 
 
 def _cli(*args, cwd=None):
@@ -188,7 +268,9 @@ def _cli(*args, cwd=None):
 @pytest.mark.parametrize("args, message", [
     (["--env", "FetchNope-v4"], "unknown env id"),
     (["--seeds", "3-1"], "bad seed list"),
-    (["--algo", "sac"], "planned"),
+    (["--algo", "td3", "--ent-coef", "0.1"], "do(es) not apply to --algo td3"),
+    (["--algo", "sac", "--set", "buffer_size=10"], "must hold at least one episode per env"),
+    (["--algo", "sac", "--her-strategy", "final"], "need --her"),
     (["--algo", "dqn"], "unknown algorithm"),
     (["--total-steps", "0"], "must be a positive integer"),
     (["--set", "learning_rat=1"], "unknown PPOConfig field"),

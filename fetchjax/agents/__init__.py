@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-IMPLEMENTED = ("ppo",)
-PLANNED = ("sac", "td3")
+IMPLEMENTED = ("ppo", "sac", "td3")
+PLANNED = ()
 
 
 def get(name: str) -> ModuleType:

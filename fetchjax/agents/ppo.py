@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import envs
-from fetchjax.agents import nets
+from fetchjax.agents import configs, nets
 
 OBS_KEYS = ("achieved_goal", "desired_goal", "observation")  # SB3 CombinedExtractor order (sorted keys)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -68,13 +68,10 @@ class PPOConfig:
   def __post_init__(self):
     if self.activation not in _ACTIVATIONS:
       raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-    for name in ("num_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    configs.check_ints(self, positive=("num_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"))
     if self.rollout_size % self.batch_size:
       raise ValueError(f"batch_size {self.batch_size} must divide num_envs * n_steps = {self.rollout_size}")
-    object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+    object.__setattr__(self, "hidden_sizes", configs.layer_sizes(self.hidden_sizes))
 
   @property
   def rollout_size(self) -> int:
@@ -91,13 +88,7 @@ class PPOConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "PPOConfig":
-    if name not in PRESETS:
-      raise ValueError(f"unknown PPO preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-      raise ValueError(f"unknown PPOConfig field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return configs.from_preset(PRESETS, "PPO", name, overrides)
 
 
 PRESETS: dict[str, PPOConfig] = {
@@ -439,8 +430,7 @@ def preset(name: str, **overrides) -> PPOConfig:
 
 
 def config_from_dict(d: dict) -> PPOConfig:
-  """The config a run recorded in meta.json (unknown keys are an error: the file is from another version)."""
-  return PPOConfig.preset("book", **{k: tuple(v) if k == "hidden_sizes" else v for k, v in d.items()})
+  return configs.from_dict(PRESETS, "PPO", d)
 
 
 def policy_of(runner) -> dict:

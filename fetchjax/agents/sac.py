@@ -1,0 +1,609 @@
+"""SAC (optionally with HER) with Stable-Baselines3 semantics (shared/spec/algorithms.md §2, §3.3), on device.
+
+The whole loop (env steps, replay buffer, gradient steps) is one jitted JAX program that vmaps over seeds; the
+replay buffer (`fetchjax.agents.her`, whole 50-step episodes) lives inside `RunnerState`, so a checkpoint of it
+resumes a run bit-exactly. `make_runner(config) -> (init, run)`; one iteration of `run` = one episode of every
+env (`rollout_size = 50 * num_envs` transitions) with the gradient steps interleaved exactly as SB3's
+`OffPolicyAlgorithm.learn` does (train_freq counted in vectorised steps).
+
+SB3 details kept on purpose (they change results):
+- policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted keys; `ppo.flatten_obs`);
+- actor: MLP (ReLU after every hidden layer) -> `mu` and `log_std` heads, log_std clipped to [-20, 2]; tanh
+  squashing with the log-prob correction `sum log(1 - tanh(u)^2 + 1e-6)`; deterministic action = tanh(mu);
+- twin critics Q_i(concat(obs, action)) with their own trunks, target critics Polyak-averaged (tau) every
+  `target_update_interval` gradient steps of one `train()` call;
+- PyTorch default `nn.Linear` init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights AND biases (no orthogonal init,
+  so no QR: safe to vmap on XLA:CPU); three Adams (actor, both critics, log alpha), eps 1e-8, no clipping;
+- `SAC.train` order: sample -> actor actions/log-probs once -> alpha loss and step (alpha from BEFORE the step
+  is used everywhere below) -> target with the current actor on s' and the target critics -> critic loss
+  0.5 * sum_i MSE -> critic step -> actor loss with the UPDATED critics and the step-2 actions -> actor step ->
+  Polyak;
+- ent_coef "auto": log alpha initialised to log(1) = 0 ("auto_0.1" starts at 0.1), target entropy -dim(A) = -4,
+  loss -mean(log_alpha * (log_pi + target).detach());
+- warm-up: uniform actions while `num_timesteps < learning_starts` (num_timesteps = transitions of all envs);
+  gradient steps after a vectorised step only when `num_timesteps > learning_starts` (and, here, once the buffer
+  holds a complete episode);
+- Fetch episodes end only by truncation, which SB3 (`handle_timeout_termination`) never treats as terminal: the
+  buffer's `done` is 0 and the target always bootstraps from `final_obs`.
+
+Deliberate differences from SB3 (documented, small):
+- transitions become sampleable only when their episode completes (all envs are episode-aligned, so at the end
+  of every 50 vectorised steps). SB3's HER buffer does the same; SB3's plain `DictReplayBuffer` (SAC without
+  HER) samples every stored transition. So without HER the episodes in progress (< 50 * num_envs transitions,
+  each sampleable at most 49 vectorised steps later than in SB3) are left out: with the book's learning_starts
+  10,000 and 8 envs that is < 4% of the buffer at the first gradient step and < 0.4% after 100k steps;
+- `learn()` stops at the first vectorised step with num_timesteps >= total; here whole iterations run:
+  `num_updates = ceil(total_timesteps / rollout_size)` (500k with 8 envs -> 1250 iterations, exactly 500k);
+- `ep_rew_mean` / `success_rate` are over the episodes that ended in the iteration (num_envs of them), not
+  SB3's 100-episode window (same as fetchjax PPO).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fetchjax import envs
+from fetchjax.agents import configs
+from fetchjax.agents.ppo import OBS_KEYS, flatten_obs, gaussian_log_prob
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0   # SB3 sac/policies.py
+SQUASH_EPS = 1e-6                       # SB3 SquashedDiagGaussianDistribution epsilon
+EPISODE_STEPS = 50                      # every Fetch v4 task
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+class EpisodeIterations:
+  """Off-policy configs: one iteration of `run` = one 50-step episode of every env."""
+
+  @property
+  def rollout_size(self) -> int:
+    """Env transitions per seed per iteration (one episode of every env)."""
+    return EPISODE_STEPS * self.num_envs
+
+  @property
+  def num_updates(self) -> int:
+    """Iterations of `run` for `total_timesteps` (whole episodes)."""
+    return -(-self.total_timesteps // self.rollout_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig(EpisodeIterations):
+  """SB3 `SAC` arguments (defaults = the book's ch4 FetchReachDense-v4 run, companion repo `train.py`). Step
+  counts are env transitions summed over the parallel envs; `train_freq` counts vectorised steps (SB3: with
+  num_envs envs, one `env.step` of all envs then `gradient_steps` updates -> 1 update per 8 transitions)."""
+
+  env_id: str = "FetchReachDense-v4"
+  num_envs: int = 8
+  total_timesteps: int = 1_000_000
+  buffer_size: int = 1_000_000        # transitions (rounded down to whole episodes by the buffer)
+  batch_size: int = 256
+  learning_starts: int = 10_000
+  learning_rate: float = 3e-4         # all three optimisers, constant
+  gamma: float = 0.99
+  tau: float = 0.005
+  ent_coef: Any = "auto"              # "auto" (alpha0 = 1), "auto_<alpha0>", or a fixed float
+  target_entropy: Any = "auto"        # "auto" = -dim(A) = -4, or a float
+  target_update_interval: int = 1     # gradient steps (index within one train() call, as SB3)
+  train_freq: int = 1                 # vectorised env steps between train() calls
+  gradient_steps: int = 1             # per train() call
+  hidden_sizes: tuple[int, ...] = (256, 256)
+  her: bool = False
+  n_sampled_goal: int = 4             # HER k: her_ratio = 1 - 1/(k+1)
+  goal_selection_strategy: str = "future"
+  adam_eps: float = 1e-8              # torch.optim.Adam default
+  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx"
+
+  def __post_init__(self):
+    check_offpolicy(self, positive=("target_update_interval",))
+    _parse_ent_coef(self.ent_coef)
+    if self.target_entropy != "auto" and not isinstance(self.target_entropy, (int, float)):
+      raise ValueError(f"target_entropy must be 'auto' or a number, got {self.target_entropy!r}")
+
+  @property
+  def auto_ent_coef(self) -> bool:
+    return _parse_ent_coef(self.ent_coef)[0]
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "SACConfig":
+    return configs.from_preset(PRESETS, "SAC", name, overrides)
+
+
+def _parse_ent_coef(v) -> tuple[bool, float]:
+  """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05)."""
+  if isinstance(v, str):
+    if v == "auto":
+      return True, 1.0
+    if v.startswith("auto_"):
+      init = float(v.split("_")[1])
+      if init <= 0:
+        raise ValueError(f"the initial ent_coef must be > 0, got {v!r}")
+      return True, init
+    try:
+      v = float(v)
+    except ValueError:
+      raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a float, got {v!r}") from None
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+    raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a non-negative float, got {v!r}")
+  return False, float(v)
+
+
+def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
+  """Validation shared by SACConfig and TD3Config (raises ValueError); `positive`: the algorithm's own fields."""
+  configs.check_ints(config, positive=("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_freq",
+                                       *positive),
+                     non_negative=("learning_starts", "gradient_steps", "n_sampled_goal"))
+  if config.buffer_size < EPISODE_STEPS * config.num_envs:
+    raise ValueError(f"buffer_size {config.buffer_size} must hold at least one episode per env "
+                     f"({EPISODE_STEPS * config.num_envs})")
+  if config.goal_selection_strategy not in ("future", "final", "episode"):
+    raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
+                     f"{config.goal_selection_strategy!r}")
+  object.__setattr__(config, "hidden_sizes", configs.layer_sizes(config.hidden_sizes))
+
+
+PRESETS: dict[str, SACConfig] = {
+    # Book ch4 (spec §2.3): SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
+    "book": SACConfig(),
+    # Book ch5 (spec §3.3) SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
+    "book_her": SACConfig(env_id="FetchReach-v4", gamma=0.95, learning_starts=1_000, her=True),
+    # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
+    "book_her_push": SACConfig(env_id="FetchPush-v4", gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05,
+                               total_timesteps=2_000_000),
+    # Many MJX envs on an accelerator (NOT tuned): 512 envs, 8 gradient steps of 1024 per vectorised step
+    # (UTD 1/64, each transition replayed ~16 times vs ~32 in the book), SAC+HER on sparse Reach.
+    "gpu": SACConfig(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
+                     learning_starts=10_000, her=True, total_timesteps=5_000_000, backend="mjx"),
+}
+
+
+def preset(name: str, **overrides) -> SACConfig:
+  return SACConfig.preset(name, **overrides)
+
+
+def config_from_dict(d: dict) -> SACConfig:
+  return configs.from_dict(PRESETS, "SAC", d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Networks (SB3 SAC/TD3 policies, PyTorch default init)
+# ----------------------------------------------------------------------------------------------------------
+def torch_uniform(fan_in: int):
+  """PyTorch `nn.Linear.reset_parameters`: kaiming_uniform(a=sqrt(5)) on the weight = U(+-1/sqrt(fan_in)), and
+  the bias U(+-1/sqrt(fan_in)). No QR, so it vmaps over seeds without the XLA:CPU stall (see nets.py)."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class TorchDense(nn.Module):
+  """`nn.Linear` with PyTorch's default init. kernel [in, out] = torch weight.T."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
+    bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+    return x @ kernel + bias
+
+
+class MLP(nn.Module):
+  """SB3 `create_mlp`: Linear+ReLU per hidden layer, then a Linear output (if out_size), optional tanh."""
+  hidden_sizes: Sequence[int]
+  out_size: int = 0
+  squash: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    for i, h in enumerate(self.hidden_sizes):
+      x = nn.relu(TorchDense(h, name=f"dense_{i}")(x))
+    if self.out_size:
+      x = TorchDense(self.out_size, name=f"dense_{len(self.hidden_sizes)}")(x)
+    return jnp.tanh(x) if self.squash else x
+
+
+class Actor(nn.Module):
+  """SB3 SAC `Actor`: latent_pi MLP -> (mu, log_std clipped to [-20, 2])."""
+  action_size: int
+  hidden_sizes: Sequence[int] = (256, 256)
+
+  @nn.compact
+  def __call__(self, x):
+    latent = MLP(self.hidden_sizes, name="latent_pi")(x)
+    mean = TorchDense(self.action_size, name="mu")(latent)
+    log_std = TorchDense(self.action_size, name="log_std")(latent)
+    return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+
+class DoubleCritic(nn.Module):
+  """SB3 `ContinuousCritic(n_critics=2)`: qf0, qf1 on cat(obs, action) -> (q1, q2), each [...]."""
+  hidden_sizes: Sequence[int] = (256, 256)
+
+  @nn.compact
+  def __call__(self, obs, action):
+    x = jnp.concatenate([obs, action], axis=-1)
+    return tuple(MLP(self.hidden_sizes, 1, name=f"qf{i}")(x)[..., 0] for i in range(2))
+
+
+def log1m_tanh_sq(u):
+  """log(1 - tanh(u)^2 + 1e-6), SB3's squash correction, with 1 - tanh(u)^2 evaluated as sech(u)^2 =
+  4 e / (1 + e)^2, e = exp(-2|u|): the same function without the cancellation of 1 - tanh^2 in float32, whose
+  error grows as tanh saturates (and XLA's tanh is a few ulps less accurate than torch's). Measured against a
+  float64 evaluation, this is as accurate as SB3's torch float32 value for |u| < 2 and more accurate beyond
+  (tests/test_sb3_sac_parity.py); at |u| > 44 both give log(1e-6)."""
+  e = jnp.exp(-2.0 * jnp.abs(u))
+  return jnp.log(4.0 * e / jnp.square(1.0 + e) + SQUASH_EPS)
+
+
+def squashed_log_prob(u, mean, log_std):
+  """SB3 `SquashedDiagGaussianDistribution.log_prob(tanh(u), u)`: Gaussian log-density of the pre-squash sample
+  minus `sum log(1 - tanh(u)^2 + 1e-6)`."""
+  return gaussian_log_prob(u, mean, log_std) - jnp.sum(log1m_tanh_sq(u), axis=-1)
+
+
+def sample_squashed(mean, log_std, noise):
+  """Reparameterised action and log-prob: u = mean + exp(log_std) * noise, a = tanh(u)."""
+  u = mean + jnp.exp(log_std) * noise
+  return jnp.tanh(u), squashed_log_prob(u, mean, log_std)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learner: the gradient step SB3's SAC.train() performs
+# ----------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+  """Everything the learner carries. `step` = completed iterations (episodes); `n_updates` = gradient steps."""
+  actor_params: Any
+  critic_params: Any
+  target_critic_params: Any
+  log_ent_coef: jax.Array     # shape (1,), as SB3's log_ent_coef (unused when ent_coef is fixed)
+  actor_opt_state: Any
+  critic_opt_state: Any
+  ent_opt_state: Any
+  key: jax.Array
+  step: jax.Array
+  n_updates: jax.Array
+  num_timesteps: jax.Array
+
+
+class Batch(NamedTuple):
+  """What the losses read (flattened policy inputs). reward/done: [B]."""
+  obs: jax.Array
+  action: jax.Array
+  reward: jax.Array
+  next_obs: jax.Array
+  done: jax.Array
+
+
+def polyak(target, online, tau):
+  """SB3 `polyak_update`: target <- (1 - tau) * target + tau * online."""
+  return jax.tree.map(lambda t, p: t * (1.0 - tau) + p * tau, target, online)
+
+
+def critic_loss_fn(q_values, target_q):
+  """SB3 SAC: 0.5 * sum_i mean((Q_i - y)^2)."""
+  return 0.5 * sum(jnp.mean(jnp.square(q - target_q)) for q in q_values)
+
+
+def ent_coef_loss_fn(log_ent_coef, log_prob, target_entropy):
+  """SB3: -mean(log_alpha * (log_pi + target_entropy).detach()) (gradient w.r.t. log alpha)."""
+  return -jnp.mean(log_ent_coef * jax.lax.stop_gradient(log_prob + target_entropy))
+
+
+def critic_step(critic, tx, loss_fn, params, opt_state, batch, target_q):
+  """One optimiser step of the twin critics towards `target_q`: (loss, (q1, q2) before the step, params,
+  opt_state)."""
+  def loss(params):
+    qs = critic.apply(params, batch.obs, batch.action)
+    return loss_fn(qs, target_q), qs
+
+  (value, qs), g = jax.value_and_grad(loss, has_aux=True)(params)
+  upd, opt_state = tx.update(g, opt_state, params)
+  return value, qs, optax.apply_updates(params, upd), opt_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """Networks, optimisers and the pure update of one algorithm (SAC here; TD3 in td3.py)."""
+  actor: nn.Module
+  critic: nn.Module
+  actor_tx: optax.GradientTransformation
+  critic_tx: optax.GradientTransformation
+  ent_tx: optax.GradientTransformation
+  init: Callable            # init(key) -> TrainState (key, step, ... zero)
+  update: Callable          # update(ts, batch: Batch, key, grad_step: int array) -> (ts, info)
+  update_with_noise: Callable  # the same step with its noise given explicitly (SB3 parity tests)
+  explore: Callable         # explore(ts, obs_flat, key) -> action in [-1, 1] (after warm-up)
+  info_names: tuple         # keys of `info` reported as metrics
+  weights: dict = dataclasses.field(default_factory=dict)  # metric -> 0/1 info key it is averaged over
+
+
+def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Learner:
+  """The SAC learner. `learner.update(ts, batch, key, grad_step)` is exactly one gradient step of SB3's
+  `SAC.train()` (grad_step = its index within the train() call, for target_update_interval);
+  `learner.update_with_noise(ts, batch, noise_pi, noise_next, grad_step)` is the same step with the standard
+  normal pre-squash noise for the actions on s and on s' given explicitly (what the SB3 parity tests drive)."""
+  c = config
+  actor = Actor(action_size, c.hidden_sizes)
+  critic = DoubleCritic(c.hidden_sizes)
+  adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
+  actor_tx, critic_tx, ent_tx = adam(), adam(), adam()
+  auto, alpha0 = _parse_ent_coef(c.ent_coef)
+  target_entropy = -float(action_size) if c.target_entropy == "auto" else float(c.target_entropy)
+
+  @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
+  def init(key):
+    k_actor, k_critic = jax.random.split(key)
+    actor_params = actor.init(k_actor, jnp.zeros((1, obs_size)))
+    critic_params = critic.init(k_critic, jnp.zeros((1, obs_size)), jnp.zeros((1, action_size)))
+    log_ent_coef = jnp.full((1,), math.log(alpha0), jnp.float32)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(actor_params, critic_params, critic_params, log_ent_coef, actor_tx.init(actor_params),
+                      critic_tx.init(critic_params), ent_tx.init(log_ent_coef), key, zero, zero, zero)
+
+  def update_with_noise(ts: TrainState, batch: Batch, noise_pi, noise_next, grad_step):
+    # 1. actions and log-probs of the current actor on s (reused by the alpha and actor losses)
+    def policy(actor_params, obs, noise):
+      mean, log_std = actor.apply(actor_params, obs)
+      return sample_squashed(mean, log_std, noise)
+
+    _, log_prob = policy(ts.actor_params, batch.obs, noise_pi)
+    # 2. entropy coefficient: loss and step; alpha from BEFORE the step is used below
+    if auto:
+      ent_coef = jnp.exp(ts.log_ent_coef[0])
+      ent_loss, g = jax.value_and_grad(ent_coef_loss_fn)(ts.log_ent_coef, log_prob, target_entropy)
+      upd, ent_opt_state = ent_tx.update(g, ts.ent_opt_state, ts.log_ent_coef)
+      log_ent_coef = optax.apply_updates(ts.log_ent_coef, upd)
+    else:
+      ent_coef = jnp.asarray(alpha0, jnp.float32)
+      ent_loss, ent_opt_state, log_ent_coef = jnp.asarray(jnp.nan, jnp.float32), ts.ent_opt_state, ts.log_ent_coef
+    # 3. soft target from the current actor on s' and the target critics
+    next_action, next_log_prob = policy(ts.actor_params, batch.next_obs, noise_next)
+    nq1, nq2 = critic.apply(ts.target_critic_params, batch.next_obs, next_action)
+    next_q = jnp.minimum(nq1, nq2) - ent_coef * next_log_prob
+    target_q = jax.lax.stop_gradient(batch.reward + (1.0 - batch.done) * c.gamma * next_q)
+
+    # 4. critic loss and step
+    critic_loss, (q1, q2), critic_params, critic_opt_state = critic_step(
+        critic, critic_tx, critic_loss_fn, ts.critic_params, ts.critic_opt_state, batch, target_q)
+
+    # 5. actor loss with the UPDATED critics (same noise -> the same actions_pi / log_prob as step 1) and step
+    def a_loss(actor_params):
+      a_pi, lp = policy(actor_params, batch.obs, noise_pi)
+      q1_pi, q2_pi = critic.apply(critic_params, batch.obs, a_pi)
+      return jnp.mean(ent_coef * lp - jnp.minimum(q1_pi, q2_pi))
+
+    actor_loss, g = jax.value_and_grad(a_loss)(ts.actor_params)
+    upd, actor_opt_state = actor_tx.update(g, ts.actor_opt_state, ts.actor_params)
+    actor_params = optax.apply_updates(ts.actor_params, upd)
+
+    # 6. Polyak every target_update_interval gradient steps (index within the train() call, as SB3)
+    do_polyak = (grad_step % c.target_update_interval) == 0
+    target = jax.tree.map(lambda new, old: jnp.where(do_polyak, new, old),
+                          polyak(ts.target_critic_params, critic_params, c.tau), ts.target_critic_params)
+    ts = ts.replace(actor_params=actor_params, critic_params=critic_params, target_critic_params=target,
+                    log_ent_coef=log_ent_coef, actor_opt_state=actor_opt_state, critic_opt_state=critic_opt_state,
+                    ent_opt_state=ent_opt_state, n_updates=ts.n_updates + 1)
+    info = dict(critic_loss=critic_loss, actor_loss=actor_loss, ent_coef=ent_coef, ent_coef_loss=ent_loss,
+                q1_mean=q1.mean(), q2_mean=q2.mean(), q_min_mean=jnp.minimum(q1, q2).mean(),
+                log_prob_mean=log_prob.mean(), target_q_mean=target_q.mean(), reward_mean=batch.reward.mean())
+    return ts, info
+
+  def update(ts, batch, key, grad_step=0):
+    k_pi, k_next = jax.random.split(key)
+    shape = batch.action.shape
+    return update_with_noise(ts, batch, jax.random.normal(k_pi, shape), jax.random.normal(k_next, shape),
+                             grad_step)
+
+  def explore(ts, obs, key):
+    mean, log_std = actor.apply(ts.actor_params, obs)
+    return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
+
+  names = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "q1_mean", "q2_mean", "q_min_mean",
+           "log_prob_mean", "target_q_mean", "reward_mean")
+  return Learner(actor, critic, actor_tx, critic_tx, ent_tx, init, update, update_with_noise, explore, names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The off-policy loop (shared with td3.py)
+# ----------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class RunnerState:
+  """Everything a run carries between iterations: a checkpoint of it resumes the run exactly."""
+  train_state: TrainState
+  env_state: Any
+  buffer: Any            # her.EpisodeBuffer
+  ep_ret: jax.Array      # running raw return of each env's current episode
+
+
+TB_NAMES = {  # fetchjax metric -> SB3 logger key (replay/* as the book's SACDiagnosticsCallback)
+    "ep_rew_mean": "rollout/ep_rew_mean", "success_rate": "rollout/success_rate",
+    "critic_loss": "train/critic_loss", "actor_loss": "train/actor_loss", "ent_coef": "train/ent_coef",
+    "ent_coef_loss": "train/ent_coef_loss", "n_updates": "train/n_updates",
+    "q1_mean": "replay/q1_mean", "q2_mean": "replay/q2_mean", "q_min_mean": "replay/q_min_mean",
+    "log_prob_mean": "train/log_prob_mean", "target_q_mean": "replay/target_q_mean",
+    "reward_mean": "replay/reward_mean",
+}
+
+
+def _batch_from(sample) -> Batch:
+  """her.Batch (goal dicts) -> flattened `Batch` the losses read."""
+  return Batch(flatten_obs(sample.obs), sample.action, sample.reward.reshape(-1), flatten_obs(sample.next_obs),
+               sample.done.reshape(-1).astype(jnp.float32))
+
+
+def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: float = 0.0):
+  """`(init, run)` of SB3's `OffPolicyAlgorithm.learn` for any `Learner` (SAC, TD3).
+
+  Per vectorised step: action (uniform in [-1, 1] while num_timesteps < learning_starts, else
+  `learner.explore`), plus clipped Gaussian action noise when `action_noise_sigma` > 0 (SB3 NormalActionNoise,
+  added in warm-up too, as `_sample_action`); env.step; buffer add; num_timesteps += num_envs; then, every
+  `train_freq` vectorised steps with num_timesteps > learning_starts and a complete episode stored,
+  `gradient_steps` updates (grad_step index 0..G-1, as one SB3 `train()` call).
+  """
+  from fetchjax.agents import her
+
+  c = config
+  obs_size = env.observation_size["observation"]
+  act_size = env.action_size
+  steps = env.max_episode_steps
+  if steps != EPISODE_STEPS:
+    raise ValueError(f"episodes of {steps} steps; the off-policy loop assumes {EPISODE_STEPS}")
+
+  def init(key: jax.Array) -> RunnerState:
+    key, k_learn, k_env = jax.random.split(key, 3)
+    ts = learner.init(k_learn).replace(key=key)
+    env_state = env.reset(k_env)
+    buf = her.create(c.buffer_size, c.num_envs, obs_size, T=steps, goal_dim=3, act_dim=act_size)
+    buf = her.start(buf, env_state.obs)
+    return RunnerState(ts, env_state, buf, jnp.zeros(c.num_envs, jnp.float32))
+
+  weight_keys = sorted(set(learner.weights.values()))
+
+  def train_steps(ts, buf, key):
+    def one(ts, xs):
+      k, i = xs
+      k_sample, k_update = jax.random.split(k)
+      sample = her.sample(buf, k_sample, c.batch_size, env.compute_reward, n_sampled_goal=c.n_sampled_goal,
+                          strategy=c.goal_selection_strategy, her=c.her)
+      return learner.update(ts, _batch_from(sample), k_update, i)
+
+    ts, info = jax.lax.scan(one, ts, (jax.random.split(key, c.gradient_steps), jnp.arange(c.gradient_steps)))
+    # sums over the call's gradient steps (weighted metrics: over the steps where their weight is 1)
+    sums = {k: jnp.sum(info[k] * info[learner.weights[k]] if k in learner.weights else info[k])
+            for k in learner.info_names}
+    sums.update({w: jnp.sum(info[w]) for w in weight_keys})
+    return ts, sums
+
+  def no_train(ts, buf, key):
+    return ts, {k: jnp.zeros((), jnp.float32) for k in (*learner.info_names, *weight_keys)}
+
+  def env_step(carry, _):
+    ts, env_state, buf, ep_ret = carry
+    key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
+    shape = (c.num_envs, act_size)
+    warm = ts.num_timesteps < c.learning_starts
+    policy_action = learner.explore(ts, flatten_obs(env_state.obs), k_pol)
+    action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
+    if action_noise_sigma > 0:
+      action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
+    env_state = env.step(env_state, action)
+    buf = her.add(buf, action, env_state)
+    num_timesteps = ts.num_timesteps + c.num_envs
+    vec_steps = num_timesteps // c.num_envs
+    ts = ts.replace(key=key, num_timesteps=num_timesteps)
+    do_train = (num_timesteps > c.learning_starts) & her.can_sample(buf) & (vec_steps % c.train_freq == 0)
+    if c.gradient_steps > 0:
+      ts, info = jax.lax.cond(do_train, train_steps, no_train, ts, buf, k_train)
+    else:
+      ts, info = no_train(ts, buf, k_train)
+      do_train = jnp.zeros((), bool)
+    done = env_state.done
+    ep_ret = ep_ret + env_state.reward
+    out = dict(trained=do_train, info=info, n_done=done.sum(), ret=(ep_ret * done).sum(),
+               succ=(env_state.info["is_success"] * done).sum())
+    return (ts, env_state, buf, ep_ret * (1.0 - done)), out
+
+  def iteration(carry, _):
+    carry, out = jax.lax.scan(env_step, carry, None, steps)
+    ts = carry[0]
+    n_tr = out["trained"].astype(jnp.float32).sum()
+    n_done = out["n_done"].sum()
+    tot = {k: jnp.where(out["trained"], v, 0.0).sum() for k, v in out["info"].items()}
+    metrics = {}
+    for k in learner.info_names:  # mean over the iteration's gradient steps (= mean of SB3's per-call means)
+      n = tot[learner.weights[k]] if k in learner.weights else n_tr * c.gradient_steps
+      metrics[k] = jnp.where(n > 0, tot[k] / jnp.maximum(n, 1.0), jnp.nan)
+    metrics.update(
+        timesteps=ts.num_timesteps,
+        ep_rew_mean=jnp.where(n_done > 0, out["ret"].sum() / jnp.maximum(n_done, 1), jnp.nan),
+        success_rate=jnp.where(n_done > 0, out["succ"].sum() / jnp.maximum(n_done, 1), jnp.nan),
+        n_updates=ts.n_updates,
+        train_calls=n_tr,
+    )
+    return (ts.replace(step=ts.step + 1),) + carry[1:], metrics
+
+  def run(runner: RunnerState, n: int) -> tuple[RunnerState, dict]:
+    carry = (runner.train_state, runner.env_state, runner.buffer, runner.ep_ret)
+    carry, metrics = jax.lax.scan(iteration, carry, None, n)
+    return RunnerState(*carry), metrics
+
+  return init, run
+
+
+def make_runner(config: SACConfig, env=None):
+  """Returns `(init, run)`: `init(key) -> RunnerState`, `run(runner, n) -> (RunnerState, metrics)` doing `n`
+  (static) iterations (= episodes of all envs, `config.rollout_size` transitions each) in one `lax.scan`. Both
+  are pure and vmap over seeds; chunks give the same bits as one long run.
+
+  `metrics[name]` has shape [n]: timesteps, ep_rew_mean and success_rate (of the num_envs episodes that ended
+  in the iteration), and, averaged over the iteration's gradient steps (NaN if none): critic_loss, actor_loss,
+  ent_coef (alpha used in the step), ent_coef_loss (NaN when fixed), q1_mean / q2_mean / q_min_mean (current
+  critics on the sampled (s, a), before the critic step), log_prob_mean (of the fresh actions on s),
+  target_q_mean, reward_mean (sampled, after relabelling); n_updates (cumulative gradient steps), train_calls.
+  """
+  c = config
+  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
+  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
+  return make_offpolicy_runner(c, env, make_learner(c, obs_size, env.action_size))
+
+
+def whole_run(init, run, num_updates: int):
+  """`train(key) -> (TrainState, metrics)`: a runner's whole run (`num_updates` iterations) as one program."""
+
+  def train(key):
+    runner, metrics = run(init(key), num_updates)
+    return runner.train_state, metrics
+
+  return train
+
+
+def make_train(config: SACConfig, env=None):
+  return whole_run(*make_runner(config, env), config.num_updates)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Acting
+# ----------------------------------------------------------------------------------------------------------
+def policy_action(actor_params, obs: dict, config: SACConfig, key=None):
+  """tanh(mean) (SB3 `predict(deterministic=True)`) or a squashed-Gaussian sample."""
+  mean, log_std = Actor(4, config.hidden_sizes).apply(actor_params, flatten_obs(obs))
+  if key is None:
+    return jnp.tanh(mean)
+  return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
+
+
+def tb_constants(config: SACConfig) -> dict[str, float]:
+  """Scalars SB3 logs every iteration that are constant here."""
+  return {"train/learning_rate": config.learning_rate}
+
+
+def policy_of(runner) -> dict:
+  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
+  ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
+  return {"actor_params": ts["actor_params"] if isinstance(ts, dict) else ts.actor_params}
+
+
+def make_act(config: SACConfig):
+  """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic tanh(mean) when key is None."""
+  return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
+
+
+__all__ = ["tb_constants", "SACConfig", "PRESETS", "TB_NAMES", "preset", "config_from_dict", "make_runner",
+           "make_train", "make_learner", "make_offpolicy_runner", "policy_of", "make_act", "policy_action",
+           "RunnerState", "TrainState", "Batch", "Learner", "Actor", "DoubleCritic", "MLP", "TorchDense",
+           "torch_uniform", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed", "critic_loss_fn",
+           "ent_coef_loss_fn", "polyak"]

@@ -1,0 +1,205 @@
+"""TD3 (optionally with HER) with Stable-Baselines3 semantics, on device; the loop, buffer, critic and init are
+shared with `sac.py` (`make_offpolicy_runner`, `DoubleCritic`, PyTorch default Linear init).
+
+SB3 `TD3` 2.9.2 defaults, kept: actor MLP [400, 300] ReLU -> Linear -> tanh (deterministic), twin critics
+[400, 300] on cat(obs, action), actor and critic targets; Adam lr 1e-3 (eps 1e-8) for both; per gradient step
+(`TD3.train`): n_updates += 1 -> target action = clip(actor_target(s') + clip(N(0, 0.2), -0.5, 0.5), -1, 1) ->
+y = r + gamma (1 - done) min_i Q'_i(s', a') -> critic loss sum_i MSE(Q_i, y) (no 1/2, unlike SAC) -> critic
+step -> every `policy_delay` (2) updates, counted over the whole run: actor loss -mean Q_1(s, actor(s)) with the
+updated critic -> actor step -> Polyak of critic and actor targets (tau 0.005). Exploration: the deterministic
+actor plus optional `NormalActionNoise(0, action_noise_sigma)` clipped to [-1, 1] (SB3 default: no noise);
+warm-up uniform actions while num_timesteps < learning_starts.
+
+Presets: the book runs TD3 only through its companion `train.py --algo td3 [--her]`, which passes SB3 defaults
+except batch 256, buffer 1M, learning_starts 10k, 8 envs and NO action noise ("book", "book_her"); "her" uses
+the SAC+HER hyperparameters of spec §3.3 where they apply (gamma 0.95, learning_starts 1000) with the usual
+NormalActionNoise(0.1) (rl-baselines3-zoo); "gpu" is untuned.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fetchjax import envs
+from fetchjax.agents.ppo import OBS_KEYS, flatten_obs
+from fetchjax.agents import configs
+from fetchjax.agents.sac import (MLP, EpisodeIterations, TB_NAMES as _SAC_TB, Batch, DoubleCritic, Learner,
+                                 RunnerState, check_offpolicy, critic_step, make_offpolicy_runner, polyak, policy_of,
+                                 tb_constants, whole_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class TD3Config(EpisodeIterations):
+  """SB3 `TD3` arguments (defaults = the book's `train.py --algo td3` on FetchReachDense-v4)."""
+
+  env_id: str = "FetchReachDense-v4"
+  num_envs: int = 8
+  total_timesteps: int = 1_000_000
+  buffer_size: int = 1_000_000
+  batch_size: int = 256
+  learning_starts: int = 10_000
+  learning_rate: float = 1e-3         # SB3 TD3 default, actor and critic
+  gamma: float = 0.99
+  tau: float = 0.005
+  train_freq: int = 1                 # vectorised env steps between train() calls
+  gradient_steps: int = 1
+  policy_delay: int = 2
+  target_policy_noise: float = 0.2
+  target_noise_clip: float = 0.5
+  action_noise_sigma: float = 0.0     # NormalActionNoise std on the [-1, 1] action; 0 = none (SB3 default)
+  hidden_sizes: tuple[int, ...] = (400, 300)  # SB3 TD3 default net_arch
+  her: bool = False
+  n_sampled_goal: int = 4
+  goal_selection_strategy: str = "future"
+  adam_eps: float = 1e-8
+  backend: str = "auto"
+
+  def __post_init__(self):
+    check_offpolicy(self, positive=("policy_delay",))
+    for name in ("action_noise_sigma", "target_policy_noise", "target_noise_clip"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "TD3Config":
+    return configs.from_preset(PRESETS, "TD3", name, overrides)
+
+
+PRESETS: dict[str, TD3Config] = {
+    "book": TD3Config(),
+    "book_her": TD3Config(env_id="FetchReach-v4", her=True),
+    "her": TD3Config(env_id="FetchReach-v4", her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
+    "gpu": TD3Config(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
+                     her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="mjx"),
+}
+
+
+def preset(name: str, **overrides) -> TD3Config:
+  return TD3Config.preset(name, **overrides)
+
+
+def config_from_dict(d: dict) -> TD3Config:
+  return configs.from_dict(PRESETS, "TD3", d)
+
+
+def Actor(action_size: int, hidden_sizes=(400, 300)):
+  """SB3 TD3 `Actor.mu`: create_mlp(..., squash_output=True) = [Linear, ReLU]* -> Linear -> Tanh."""
+  return MLP(tuple(hidden_sizes), action_size, squash=True)
+
+
+@flax.struct.dataclass
+class TrainState:
+  actor_params: Any
+  critic_params: Any
+  target_actor_params: Any
+  target_critic_params: Any
+  actor_opt_state: Any
+  critic_opt_state: Any
+  key: jax.Array
+  step: jax.Array          # completed iterations
+  n_updates: jax.Array     # gradient steps (SB3 `_n_updates`, drives policy_delay)
+  num_timesteps: jax.Array
+
+
+def critic_loss_fn(q_values, target_q):
+  """SB3 TD3: sum_i mean((Q_i - y)^2) (no 1/2)."""
+  return sum(jnp.mean(jnp.square(q - target_q)) for q in q_values)
+
+
+def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Learner:
+  """`update(ts, batch, key, grad_step)` = one gradient step of SB3 `TD3.train()`; `update_with_noise(ts, batch,
+  noise, grad_step)` takes the standard normal target-smoothing noise [B, A] explicitly (parity tests)."""
+  c = config
+  actor = Actor(action_size, c.hidden_sizes)
+  critic = DoubleCritic(c.hidden_sizes)
+  adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
+  actor_tx, critic_tx = adam(), adam()
+
+  @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
+  def init(key):
+    k_actor, k_critic = jax.random.split(key)
+    actor_params = actor.init(k_actor, jnp.zeros((1, obs_size)))
+    critic_params = critic.init(k_critic, jnp.zeros((1, obs_size)), jnp.zeros((1, action_size)))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(actor_params, critic_params, actor_params, critic_params, actor_tx.init(actor_params),
+                      critic_tx.init(critic_params), key, zero, zero, zero)
+
+  def update_with_noise(ts: TrainState, batch: Batch, noise, grad_step=0):
+    n_updates = ts.n_updates + 1
+    smoothing = jnp.clip(c.target_policy_noise * noise, -c.target_noise_clip, c.target_noise_clip)
+    next_action = jnp.clip(actor.apply(ts.target_actor_params, batch.next_obs) + smoothing, -1.0, 1.0)
+    nq1, nq2 = critic.apply(ts.target_critic_params, batch.next_obs, next_action)
+    target_q = jax.lax.stop_gradient(batch.reward + (1.0 - batch.done) * c.gamma * jnp.minimum(nq1, nq2))
+
+    critic_loss, (q1, q2), critic_params, critic_opt_state = critic_step(
+        critic, critic_tx, critic_loss_fn, ts.critic_params, ts.critic_opt_state, batch, target_q)
+    ts = ts.replace(critic_params=critic_params, critic_opt_state=critic_opt_state, n_updates=n_updates)
+
+    def actor_step(ts):
+      def a_loss(actor_params):
+        q1_pi, _ = critic.apply(ts.critic_params, batch.obs, actor.apply(actor_params, batch.obs))
+        return -jnp.mean(q1_pi)
+
+      loss, g = jax.value_and_grad(a_loss)(ts.actor_params)
+      upd, opt_state = actor_tx.update(g, ts.actor_opt_state, ts.actor_params)
+      actor_params = optax.apply_updates(ts.actor_params, upd)
+      ts = ts.replace(actor_params=actor_params, actor_opt_state=opt_state,
+                      target_critic_params=polyak(ts.target_critic_params, ts.critic_params, c.tau),
+                      target_actor_params=polyak(ts.target_actor_params, actor_params, c.tau))
+      return ts, loss
+
+    delayed = n_updates % c.policy_delay == 0
+    ts, actor_loss = jax.lax.cond(delayed, actor_step, lambda ts: (ts, jnp.zeros((), jnp.float32)), ts)
+    info = dict(critic_loss=critic_loss, actor_loss=actor_loss, actor_updated=delayed.astype(jnp.float32),
+                q1_mean=q1.mean(), q2_mean=q2.mean(), q_min_mean=jnp.minimum(q1, q2).mean(),
+                target_q_mean=target_q.mean(), reward_mean=batch.reward.mean())
+    return ts, info
+
+  def update(ts, batch, key, grad_step=0):
+    return update_with_noise(ts, batch, jax.random.normal(key, batch.action.shape), grad_step)
+
+  def explore(ts, obs, key):
+    return actor.apply(ts.actor_params, obs)  # action noise, if any, is added by the loop
+
+  names = ("critic_loss", "actor_loss", "q1_mean", "q2_mean", "q_min_mean", "target_q_mean", "reward_mean")
+  return Learner(actor, critic, actor_tx, critic_tx, optax.identity(), init, update, update_with_noise, explore,
+                 names, {"actor_loss": "actor_updated"})
+
+
+TB_NAMES = {k: v for k, v in _SAC_TB.items() if k not in ("ent_coef", "ent_coef_loss", "log_prob_mean")}
+
+
+def make_runner(config: TD3Config, env=None):
+  """`(init, run)` as `sac.make_runner` (same RunnerState layout and metrics, minus the entropy ones; actor_loss
+  is averaged over the delayed actor updates only)."""
+  c = config
+  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
+  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
+  return make_offpolicy_runner(c, env, make_learner(c, obs_size, env.action_size), c.action_noise_sigma)
+
+
+def make_train(config: TD3Config, env=None):
+  return whole_run(*make_runner(config, env), config.num_updates)
+
+
+def policy_action(actor_params, obs: dict, config: TD3Config, key=None):
+  """actor(obs) (deterministic), plus the config's clipped Gaussian exploration noise when a key is given."""
+  a = Actor(4, config.hidden_sizes).apply(actor_params, flatten_obs(obs))
+  if key is not None and config.action_noise_sigma > 0:
+    a = jnp.clip(a + config.action_noise_sigma * jax.random.normal(key, a.shape), -1.0, 1.0)
+  return a
+
+
+def make_act(config: TD3Config):
+  return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
+
+
+__all__ = ["tb_constants", "TD3Config", "PRESETS", "TB_NAMES", "preset", "config_from_dict", "make_runner",
+           "make_train", "make_learner", "policy_of", "make_act", "policy_action", "RunnerState", "TrainState",
+           "Actor", "critic_loss_fn"]

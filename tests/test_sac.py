@@ -1,0 +1,280 @@
+"""SAC / TD3 (fetchjax.agents.sac, td3): configs, networks and init, the squashed-Gaussian log-prob, the update
+(finite losses, Polyak, alpha), the off-policy loop (warm-up, when gradient steps start, jit(vmap) over seeds,
+chunked runs = one run), a short SAC+HER learning run on sparse FetchReach-v4 and a TD3 smoke run.
+Weight-level parity with SB3's SAC.train() / TD3.train() is in test_sb3_sac_parity.py."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fetchjax  # noqa: F401
+import jax
+import jax.numpy as jnp
+
+import fetchjax.envs as envs
+from fetchjax.agents import ppo, sac, td3
+
+SMALL = dict(env_id="FetchReach-v4", num_envs=2, buffer_size=2_000, batch_size=32, hidden_sizes=(16, 16),
+             backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def reach2():
+  return envs.make("FetchReach-v4", num_envs=2, backend="cpu")
+
+
+def _batch(key, n=64, obs=16):
+  k = jax.random.split(key, 4)
+  return sac.Batch(jax.random.normal(k[0], (n, obs)), jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
+                   -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32), jax.random.normal(k[3], (n, obs)),
+                   jnp.zeros(n))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------------------
+def test_presets_and_config():
+  book = sac.preset("book")
+  assert (book.env_id, book.num_envs, book.buffer_size, book.batch_size, book.learning_starts) == (
+      "FetchReachDense-v4", 8, 1_000_000, 256, 10_000)
+  assert (book.learning_rate, book.gamma, book.tau, book.ent_coef, book.train_freq, book.gradient_steps) == (
+      3e-4, 0.99, 0.005, "auto", 1, 1)
+  assert book.hidden_sizes == (256, 256) and not book.her and book.auto_ent_coef
+  assert book.rollout_size == 400 and book.num_updates == 2500
+  assert sac.preset("book", total_timesteps=500_000).num_updates == 1250
+  her_cfg = sac.preset("book_her")
+  assert (her_cfg.env_id, her_cfg.gamma, her_cfg.learning_starts, her_cfg.her, her_cfg.n_sampled_goal,
+          her_cfg.goal_selection_strategy, her_cfg.ent_coef) == ("FetchReach-v4", 0.95, 1000, True, 4, "future", "auto")
+  push = sac.preset("book_her_push")
+  assert (push.env_id, push.ent_coef, push.gamma) == ("FetchPush-v4", 0.05, 0.95) and not push.auto_ent_coef
+  assert sac.preset("gpu").backend == "mjx" and sac.preset("gpu").gradient_steps > 1
+  # meta.json round trip, as the CLI stores and reloads configs
+  for name in sac.PRESETS:
+    cfg = sac.PRESETS[name]
+    assert sac.config_from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+  for name in td3.PRESETS:
+    cfg = td3.PRESETS[name]
+    assert td3.config_from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+  t = td3.preset("book")
+  assert (t.hidden_sizes, t.learning_rate, t.policy_delay, t.target_policy_noise, t.target_noise_clip,
+          t.action_noise_sigma) == ((400, 300), 1e-3, 2, 0.2, 0.5, 0.0)
+  with pytest.raises(ValueError, match="unknown SAC preset"):
+    sac.preset("nope")
+  with pytest.raises(ValueError, match="unknown SACConfig field"):
+    sac.preset("book", n_steps=3)
+  for bad in (dict(ent_coef="autox"), dict(ent_coef=-1.0), dict(ent_coef="auto_0"), dict(num_envs=0),
+              dict(goal_selection_strategy="random"), dict(buffer_size=100), dict(hidden_sizes=("[32", "32]"))):
+    with pytest.raises(ValueError):
+      sac.preset("book", **bad)
+  assert sac._parse_ent_coef("auto_0.1") == (True, 0.1) and sac._parse_ent_coef("0.2") == (False, 0.2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# networks, log-prob, update
+# ----------------------------------------------------------------------------------------------------------
+def test_networks_shapes_and_torch_init():
+  cfg = sac.SACConfig()
+  learner = sac.make_learner(cfg, 16, 4)
+  ts = jax.jit(learner.init)(jax.random.PRNGKey(0))
+  p = ts.actor_params["params"]
+  assert p["latent_pi"]["dense_0"]["kernel"].shape == (16, 256)
+  assert p["latent_pi"]["dense_1"]["kernel"].shape == (256, 256)
+  assert p["mu"]["kernel"].shape == (256, 4) and p["log_std"]["kernel"].shape == (256, 4)
+  q = ts.critic_params["params"]
+  assert set(q) == {"qf0", "qf1"} and q["qf0"]["dense_0"]["kernel"].shape == (20, 256)
+  assert q["qf1"]["dense_2"]["kernel"].shape == (256, 1)
+  # PyTorch nn.Linear default init: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  k = np.asarray(p["latent_pi"]["dense_1"]["kernel"])
+  assert np.abs(k).max() <= 1 / 16 and np.abs(k).max() > 0.99 / 16 and abs(k.std() - 1 / 16 / math.sqrt(3)) < 1e-3
+  b = np.asarray(q["qf0"]["dense_0"]["bias"])
+  assert np.abs(b).max() <= 1 / math.sqrt(20) and np.abs(b).max() > 0.9 / math.sqrt(20)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), ts.critic_params, ts.target_critic_params))
+  assert float(ts.log_ent_coef[0]) == 0.0  # alpha = 1
+  mean, log_std = jax.jit(learner.actor.apply)(ts.actor_params, jnp.zeros((5, 16)))
+  q1, q2 = jax.jit(learner.critic.apply)(ts.critic_params, jnp.zeros((5, 16)), jnp.zeros((5, 4)))
+  assert mean.shape == log_std.shape == (5, 4) and q1.shape == q2.shape == (5,)
+  # log_std head clipped to [-20, 2]
+  big = jax.tree.map(lambda x: x * 1e3, ts.actor_params)
+  _, ls = jax.jit(learner.actor.apply)(big, jax.random.normal(jax.random.PRNGKey(1), (64, 16)))
+  assert float(ls.max()) == 2.0 and float(ls.min()) == -20.0
+  t = jax.jit(td3.make_learner(td3.TD3Config(), 16, 4).init)(jax.random.PRNGKey(0))
+  assert t.actor_params["params"]["dense_0"]["kernel"].shape == (16, 400)
+  assert t.actor_params["params"]["dense_2"]["kernel"].shape == (300, 4)
+  assert t.critic_params["params"]["qf0"]["dense_1"]["kernel"].shape == (400, 300)
+
+
+def test_squashed_log_prob_formula_and_deterministic_action():
+  rng = np.random.default_rng(0)
+  mean = rng.normal(0, 1, (1000, 4)).astype(np.float32)
+  log_std = rng.uniform(-3, 1, (1000, 4)).astype(np.float32)
+  eps = rng.standard_normal((1000, 4)).astype(np.float32)
+  a, lp = sac.sample_squashed(jnp.asarray(mean), jnp.asarray(log_std), jnp.asarray(eps))
+  m, s, e = (x.astype(np.float64) for x in (mean, log_std, eps))
+  u = m + np.exp(s) * e
+  gauss = np.sum(-0.5 * ((u - m) / np.exp(s)) ** 2 - s - 0.5 * np.log(2 * np.pi), -1)
+  want = gauss - np.sum(np.log(1 - np.tanh(u) ** 2 + 1e-6), -1)
+  np.testing.assert_allclose(np.asarray(a), np.tanh(u), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(lp), want, atol=2e-5)
+  # saturated |u|: the correction bottoms out at log(1e-6) per dimension, never -inf
+  big = sac.squashed_log_prob(jnp.full((1, 4), 60.0), jnp.zeros((1, 4)), jnp.zeros((1, 4)))
+  assert np.isfinite(float(big[0]))
+  np.testing.assert_allclose(float(sac.log1m_tanh_sq(jnp.asarray(60.0))), math.log(1e-6), rtol=1e-6)
+  # deterministic action = tanh(mean); sampled actions stay in (-1, 1)
+  cfg = sac.SACConfig(hidden_sizes=(32, 32))
+  learner = sac.make_learner(cfg, 16, 4)
+  ts = learner.init(jax.random.PRNGKey(3))
+  obs = {"achieved_goal": jnp.ones((7, 3)), "desired_goal": jnp.zeros((7, 3)), "observation": jnp.ones((7, 10))}
+  mu, _ = learner.actor.apply(ts.actor_params, ppo.flatten_obs(obs))
+  act = sac.make_act(cfg)
+  pol = sac.policy_of(sac.RunnerState(ts, None, None, None))
+  np.testing.assert_array_equal(np.asarray(act(pol, obs)), np.asarray(jnp.tanh(mu)))
+  sampled = np.asarray(act(pol, obs, jax.random.PRNGKey(0)))
+  assert np.all(np.abs(sampled) <= 1) and not np.allclose(sampled, np.asarray(jnp.tanh(mu)))
+  assert sac.policy_of({"train_state": {"actor_params": 1}}) == {"actor_params": 1}
+
+
+@pytest.mark.parametrize("ent_coef", ["auto", 0.1])
+def test_update_losses_alpha_and_polyak(ent_coef):
+  cfg = sac.SACConfig(hidden_sizes=(32, 32), ent_coef=ent_coef, tau=0.005, target_update_interval=2)
+  learner = sac.make_learner(cfg, 16, 4)
+  ts = learner.init(jax.random.PRNGKey(0))
+  # move the targets away from the critics so that the Polyak average is visible
+  ts = ts.replace(target_critic_params=jax.tree.map(lambda x: x + 0.1, ts.target_critic_params))
+  batch = _batch(jax.random.PRNGKey(1))
+  upd = jax.jit(learner.update)
+  new, info = upd(ts, batch, jax.random.PRNGKey(2), 0)
+  for k in ("critic_loss", "actor_loss", "ent_coef", "q1_mean", "q2_mean", "q_min_mean", "log_prob_mean"):
+    assert np.isfinite(float(info[k])), k
+  assert float(info["q_min_mean"]) <= min(float(info["q1_mean"]), float(info["q2_mean"])) + 1e-6
+  assert int(new.n_updates) == 1
+  # Polyak: target' = (1 - tau) target + tau critic' (with the critic AFTER its step), every 2nd gradient step
+  want = jax.tree.map(lambda t, c: 0.995 * t + 0.005 * c, ts.target_critic_params, new.critic_params)
+  err = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), want,
+                                         new.target_critic_params)))
+  assert err < 1e-7
+  skipped, _ = upd(ts, batch, jax.random.PRNGKey(2), 1)  # grad_step 1 % 2 != 0: no target update
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), skipped.target_critic_params,
+                                   ts.target_critic_params))
+  assert all(not jnp.allclose(a, b) for a, b in zip(jax.tree.leaves(new.actor_params),
+                                                    jax.tree.leaves(ts.actor_params)))
+  if ent_coef == "auto":
+    assert float(info["ent_coef"]) == 1.0  # alpha from BEFORE the step
+    # Adam's first step moves log alpha by lr against the sign of the loss gradient -mean(log_pi + target)
+    grad = -(float(info["log_prob_mean"]) - 4.0)
+    assert float(new.log_ent_coef[0]) == pytest.approx(-cfg.learning_rate * np.sign(grad), rel=1e-3)
+    loss = sac.ent_coef_loss_fn(jnp.zeros(1), jnp.full((8,), -2.0), -4.0)  # log pi + target < 0 -> alpha down
+    assert float(jax.grad(sac.ent_coef_loss_fn)(jnp.zeros(1), jnp.full((8,), -2.0), -4.0)[0]) > 0 and float(loss) == 0
+  else:
+    assert float(info["ent_coef"]) == pytest.approx(0.1) and np.isnan(float(info["ent_coef_loss"]))
+    assert float(new.log_ent_coef[0]) == float(ts.log_ent_coef[0])
+  # the critic loss is SB3's 0.5 * sum of the two MSEs
+  qs = (jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))
+  assert float(sac.critic_loss_fn(qs, jnp.array([1.0, 1.0]))) == pytest.approx(0.5 * (0.5 + 5.0))
+  assert float(td3.critic_loss_fn(qs, jnp.array([1.0, 1.0]))) == pytest.approx(0.5 + 5.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------------
+def test_warmup_random_actions_and_when_training_starts(reach2):
+  """Uniform actions while num_timesteps < learning_starts, then the policy; gradient steps once
+  num_timesteps > learning_starts (and an episode is complete: see test_td3_smoke); run in two chunks."""
+  cfg = sac.SACConfig(**SMALL, learning_starts=120, her=True)
+  learner = sac.make_learner(cfg, 16, 4)
+  learner = dataclasses.replace(learner, explore=lambda ts, obs, key: jnp.full((obs.shape[0], 4), 0.5))
+  init, run = sac.make_offpolicy_runner(cfg, reach2, learner)
+  run1 = jax.jit(run, static_argnums=1)
+  r0 = init(jax.random.PRNGKey(0))
+  r1, m1 = run1(r0, 1)
+  # no gradient step in the first 50 vectorised steps (num_timesteps <= 100 < 120): weights untouched
+  assert int(m1["n_updates"][0]) == 0 and np.isnan(float(m1["critic_loss"][0]))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), r0.train_state, r1.train_state.replace(
+      key=r0.train_state.key, step=r0.train_state.step, num_timesteps=r0.train_state.num_timesteps)))
+  r2, m2 = run1(r1, 1)
+  # vectorised step k (1-based) has num_timesteps 2k after it; warm-up while 2(k-1) < 120: k <= 60
+  acts = np.asarray(r2.buffer.action[:4])  # [episodes (2 blocks of 2 envs), 50, 4]
+  steps = np.concatenate([acts[0:2], acts[2:4]], axis=1)  # per env: vectorised steps 1..100
+  random_part, policy_part = steps[:, :60], steps[:, 60:]
+  assert np.all(policy_part == 0.5)
+  assert np.all(np.abs(random_part) <= 1) and abs(random_part.mean()) < 0.1 and np.all(random_part != 0.5)
+  assert abs(random_part.std() - 1 / math.sqrt(3)) < 0.05  # U(-1, 1)
+  # gradient steps at k = 61..100 (num_timesteps 122 > 120)
+  assert int(m2["n_updates"][0]) == 40 and int(m2["train_calls"][0]) == 40
+  np.testing.assert_array_equal([int(m1["timesteps"][0]), int(m2["timesteps"][0])], [100, 200])
+  assert np.isfinite(float(m2["critic_loss"][0])) and np.isfinite(float(m2["ent_coef_loss"][0]))
+  assert not jnp.allclose(r2.train_state.actor_params["params"]["mu"]["kernel"],
+                          r0.train_state.actor_params["params"]["mu"]["kernel"])
+  assert int(r2.train_state.step) == 2 and int(r2.train_state.num_timesteps) == 200
+  assert float(m2["success_rate"][0]) >= 0 and float(m2["ep_rew_mean"][0]) <= 0
+  # two chunks == one run of 2 iterations, bit for bit (what checkpoint/resume relies on)
+  r2b, m2b = jax.jit(run, static_argnums=1)(r0, 2)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), r2, r2b)), "chunked run differs"
+  np.testing.assert_array_equal(np.asarray(m2b["critic_loss"]), [np.nan, np.asarray(m2["critic_loss"][0])])
+
+
+def test_jit_vmap_two_seeds(reach2):
+  """jit(vmap) over 2 seeds (no QR in the init, so no XLA:CPU stall); seeds are independent."""
+  cfg = sac.SACConfig(**SMALL, learning_starts=50, gradient_steps=2, train_freq=2)
+  init, run = sac.make_runner(cfg, reach2)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  r = jax.jit(jax.vmap(init))(keys)
+  v_run = jax.jit(jax.vmap(run, in_axes=(0, None)), static_argnums=1)
+  r1, m1 = v_run(r, 1)
+  r2, m2 = v_run(r1, 1)
+  assert m2["success_rate"].shape == (2, 1) and m2["critic_loss"].shape == (2, 1)
+  # train_freq 2: 2 gradient steps after even vectorised steps with num_timesteps > 50 and an episode stored
+  np.testing.assert_array_equal(np.asarray(m1["n_updates"]), [[2], [2]])
+  np.testing.assert_array_equal(np.asarray(m2["n_updates"]), [[52], [52]])
+  assert np.all(np.isfinite(np.asarray(m2["critic_loss"])))
+  p = r2.train_state.actor_params["params"]["mu"]["kernel"]
+  assert not jnp.allclose(p[0], p[1])  # independent seeds
+  # the vmapped init is the per-seed init (sequential_vmap: one seed at a time)
+  one = init(keys[1])
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a[1] == b)), r.train_state.critic_params,
+                                   one.train_state.critic_params))
+
+
+def test_sac_her_learns_sparse_reach():
+  """SAC+HER (book_her: gamma 0.95, future k=4) on sparse FetchReach-v4, shrunk to run in ~20 s on 2 cores:
+  1 env (UTD 1), 64-64 nets, ent_coef 0.05, lr 1e-3, learning_starts 500, 8k steps (160 episodes).
+  Training success of the first 40 episodes vs the last 40, measured with this seed (2) on a 2-core CPU:
+  0.000 -> 0.775 (the C MuJoCo backend is deterministic, so this is reproducible on one platform).
+  Across 15 seeds the last-20-episode success was 0.05-0.95 (mean 0.63); SB3 2.9.2 with the same settings
+  (1 env, CPU torch) gave 0.50-1.00 (mean 0.78, 10 seeds): hence a fixed seed and a threshold at half of
+  this seed's value."""
+  cfg = sac.preset("book_her", num_envs=1, buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3,
+                   ent_coef=0.05, learning_starts=500, total_timesteps=8_000, backend="cpu")
+  init, run = sac.make_runner(cfg)
+  runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates)
+  s = np.asarray(m["success_rate"])
+  first, last = s[:40].mean(), s[-40:].mean()
+  print(f"SAC+HER sparse Reach: success first 40 episodes {first:.3f}, last 40 {last:.3f}")
+  assert first <= 0.15 and last >= 0.4
+  assert int(m["n_updates"][-1]) == 8_000 - 500
+
+
+def test_td3_smoke(reach2):
+  cfg = td3.TD3Config(**{**SMALL, "hidden_sizes": (16, 16)}, learning_starts=60, her=True, action_noise_sigma=0.1)
+  init, run = td3.make_runner(cfg, reach2)
+  r0 = init(jax.random.PRNGKey(0))
+  r, m = jax.jit(run, static_argnums=1)(r0, 2)
+  # updates at k = 50..100 with num_timesteps = 2k > 60 -> k >= 31 and an episode complete -> k >= 50
+  np.testing.assert_array_equal(np.asarray(m["n_updates"]), [1, 51])
+  assert np.isnan(float(m["actor_loss"][0]))  # one update (n_updates = 1): no delayed actor step yet
+  for k in ("critic_loss", "actor_loss", "q1_mean", "q_min_mean"):
+    assert np.isfinite(float(m[k][1])), k
+  ts = r.train_state
+  moved = lambda a, b: not jnp.allclose(a["params"]["dense_2"]["kernel"], b["params"]["dense_2"]["kernel"])  # noqa
+  assert moved(ts.actor_params, r0.train_state.actor_params)
+  assert moved(ts.target_actor_params, r0.train_state.target_actor_params)
+  act = td3.make_act(cfg)
+  obs = jax.tree.map(lambda x: x[:2], r.env_state.obs)
+  a = act(td3.policy_of(r), obs)
+  assert a.shape == (2, 4) and bool(jnp.all(jnp.abs(a) <= 1))
+  assert not jnp.allclose(act(td3.policy_of(r), obs, jax.random.PRNGKey(1)), a)
+  assert set(td3.TB_NAMES) <= set(m) | {"n_updates"}
+  assert set(sac.TB_NAMES) - {"ent_coef", "ent_coef_loss", "log_prob_mean"} == set(td3.TB_NAMES)
