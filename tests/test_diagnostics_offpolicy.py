@@ -157,3 +157,10 @@ def test_rule_lists_and_tables():
     assert set(ids) <= set(dg.RULES)
     table = dg.rules_markdown(ids)
     assert len(table.splitlines()) == len(ids) + 2 and all(line.count("|") == 8 for line in table.splitlines())
+
+
+def test_docs_table_is_current():
+  from pathlib import Path
+
+  doc = Path(__file__).parent.parent / "docs" / "DIAGNOSTICS.md"
+  assert doc.read_text() == dg.docs_markdown(), "regenerate: python -m fetchjax.diagnostics > docs/DIAGNOSTICS.md"
