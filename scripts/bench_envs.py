@@ -5,6 +5,8 @@
 
 An env step = 20 physics substeps + observation + reward (+ auto-reset); random actions; the rollout is a
 jitted lax.scan of `--steps` steps, timed after a warm-up call (compile time reported separately).
+`python -m fetchjax.profile envs` measures the same rollouts (plus physics-only rates, memory and a plot); this
+script keeps the flat JSON of docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -14,52 +16,12 @@ import json
 import os
 import platform
 import sys
-import time
-import warnings
 
 import fetchjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
-import numpy as np
 
 from fetchjax import envs
-
-
-def gym_rate(env_id: str, steps: int) -> float:
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  e = gym.make(env_id)
-  e.reset(seed=0)
-  e.action_space.seed(0)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    *_, terminated, truncated, _ = e.step(e.action_space.sample())
-    if terminated or truncated:
-      e.reset()
-  return steps / (time.perf_counter() - t0)
-
-
-def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str) -> dict:
-  env = envs.make(env_id, num_envs=n, backend=backend, physics=physics)
-
-  def rollout(state, key):
-    def body(s, k):
-      s = env.step(s, jax.random.uniform(k, (n, 4), minval=-1.0, maxval=1.0))
-      return s, s.reward
-    return jax.lax.scan(body, state, jax.random.split(key, steps))
-
-  rollout = jax.jit(rollout)
-  state = jax.jit(env.reset)(jax.random.PRNGKey(0))
-  t0 = time.perf_counter()
-  jax.block_until_ready(rollout(state, jax.random.PRNGKey(1)))
-  first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  jax.block_until_ready(rollout(state, jax.random.PRNGKey(2)))
-  run = time.perf_counter() - t0
-  return dict(env=env_id, backend=backend, physics=physics, num_envs=n, steps_per_env=steps,
-              env_steps_per_s=n * steps / run, compile_s=max(first - run, 0.0))
+from fetchjax.profile import fetchjax_rate, gym_rate  # the measurements live in fetchjax.profile
 
 
 def _write(path: str, report: dict) -> None:
