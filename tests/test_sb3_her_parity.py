@@ -34,6 +34,8 @@ from scipy import stats  # noqa: E402
 from stable_baselines3 import HerReplayBuffer  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
+from measured import Recorder  # noqa: E402
+
 from fetchjax import envs  # noqa: E402
 from fetchjax.agents import her  # noqa: E402
 from fetchjax.envs.fetch import State  # noqa: E402
@@ -41,6 +43,7 @@ from fetchjax.envs.fetch import State  # noqa: E402
 T, N = 50, 4
 OBS_DIM = 10  # FetchReach
 REPORT: dict[str, object] = {}
+record = Recorder("sb3-her-parity")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,8 @@ def test_book_stub_success_fraction(vec_env):
     np.testing.assert_array_equal(side["done"], 0.0)
   frac_s, frac_j = float((s["reward"] == 0).mean()), float((j["reward"] == 0).mean())
   REPORT["stub success fraction (SB3, fetchjax)"] = (round(frac_s, 6), round(frac_j, 6))
+  record("stub relabel share |SB3 - fetchjax|", abs(frac_s - frac_j), 0.0)
+  record("stub relabel share |fetchjax - int(0.8 B) / B|", abs(frac_j - nv / 512), 0.0)
   assert frac_s == frac_j == nv / 512 and round(frac_j, 3) == 0.799
 
 
@@ -242,6 +247,8 @@ def test_relabel_distribution(vec_env, strategy):
                                                                 round(float(abs(m_s - m_j) / se), 2))
   REPORT[f"{strategy}: P(goal = ag_t+1) SB3 / fetchjax"] = tuple(round(float((r == 0).mean()), 4)
                                                               for _, _, r in stats_.values())
+  record(f"{strategy}: goal offsets SB3 vs fetchjax, two-sample chi2 p-value", p_two, 1e-3, at_least=True)
+  record(f"{strategy}: goal offsets |mean SB3 - mean fetchjax| / se", abs(m_s - m_j) / se, 4.0)
   assert p_two > 1e-3 and abs(m_s - m_j) < 4 * se
 
 
@@ -266,11 +273,14 @@ def test_fetch_reach_rewards_and_success_fraction(vec_env):
   diff_s = float(np.abs(jx_on_sb3 - s["reward"][:, v]).max())
   diff_j = float(np.abs(ref_on_jx - j["reward"][:, v]).max())
   REPORT["Reach relabelled reward max |diff| (fetchjax fn on SB3 pairs, gym fn on fetchjax pairs)"] = (diff_s, diff_j)
+  record("Reach relabelled rewards: fetchjax compute_reward on SB3 pairs, max abs diff", diff_s, 0.0)
+  record("Reach relabelled rewards: gymnasium compute_reward on fetchjax pairs, max abs diff", diff_j, 0.0)
   assert diff_s == 0.0 and diff_j == 0.0
   # success fraction of whole batches (real + virtual)
   fs, fj = (s["reward"] == 0).mean(1), (j["reward"] == 0).mean(1)
   se = np.sqrt(fs.var(ddof=1) / fs.size + fj.var(ddof=1) / fj.size)
   REPORT["Reach success fraction per batch SB3 / fetchjax (mean, se of diff)"] = (
       round(float(fs.mean()), 4), round(float(fj.mean()), 4), round(float(se), 4))
+  record("Reach batch success fraction |SB3 - fetchjax| / se", abs(fs.mean() - fj.mean()) / se, 4.0)
   assert abs(fs.mean() - fj.mean()) < 4 * se
   assert 0.0 < fs.mean() < 0.8
