@@ -66,11 +66,15 @@ def default_preset(algo: str = "ppo", env_id: str = DEFAULT_ENV, her: bool = Fal
   return "book_her_push" if "Push" in env_id and algo == "sac" else "book_her"
 
 
-def chunk_updates(num_updates: int, target_chunks: int = 25) -> int:
+def chunk_updates(num_updates: int, done: int = 0, target_chunks: int = 25) -> int:
   """Updates per jitted call: the largest divisor of num_updates giving >= target_chunks calls (one compile,
-  regular progress); resuming recomputes the same value, so chunk boundaries never move."""
+  regular progress). Resuming recomputes the same value, so chunk boundaries do not move; a run extended with a
+  larger --total-steps gets the largest such size that divides what is left, so it ends exactly at the total."""
   cap = max(1, num_updates // target_chunks)
-  return max(d for d in range(1, cap + 1) if num_updates % d == 0)
+  chunk = max(d for d in range(1, cap + 1) if num_updates % d == 0)
+  if (num_updates - done) % chunk:
+    chunk = max(d for d in range(1, cap + 1) if (num_updates - done) % d == 0)
+  return chunk
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -214,7 +218,6 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
   say = (lambda *x: None) if quiet else (lambda *x: print(*x, file=sys.stderr, flush=True))
   n_seeds, per_update = len(plan.seeds), cfg.rollout_size
   num_updates = cfg.num_updates
-  chunk = chunk_updates(num_updates)
   ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
 
   init, run = algo.make_runner(cfg)
@@ -252,6 +255,7 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
     if done_updates >= num_updates:
       say("nothing to train: the run is complete (pass a larger --total-steps to extend it)")
 
+  chunk = chunk_updates(num_updates, done_updates)
   t_compile = time.time()
   v_run = jax.jit(jax.vmap(lambda r: run(r, chunk)))
   compiled = v_run.lower(runner).compile()

@@ -307,3 +307,13 @@ def test_corrupt_checkpoint_is_one_line(run2, tmp_path, capsys):
   assert fj_train.main(["--resume", str(d), "--quiet", "--total-steps", str(4 * UPDATE)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "unreadable" in err[0], err
+
+
+def test_chunks_end_exactly_at_the_total():
+  """Regression: a run extended with --resume --total-steps used chunks that overshot the new total (a SAC Push
+  run resumed from 1M to 2M trained 2.04M)."""
+  assert fj_train.chunk_updates(5000) == 200                      # 25 calls
+  assert fj_train.chunk_updates(5000, 2400) == 200                # a plain resume keeps the boundaries
+  for total, done in [(5000, 2500), (5000, 2460), (1250, 625), (97, 13)]:
+    c = fj_train.chunk_updates(total, done)
+    assert (total - done) % c == 0 and 1 <= c <= max(1, total // 25), (total, done, c)
