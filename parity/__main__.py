@@ -3,7 +3,8 @@
 Runs every parity check of fetchjax against CPU gymnasium-robotics and Stable-Baselines3 and writes
 `parity_report.json` and `parity_report.md` into --out. Exit 0 when every check passes, 1 when one fails, 2 on bad
 input. `--quick` (CI, < 10 min on 2 CPU cores): fewer episodes, MJX only for the observation check on
-FetchReach-v4 (no MJX trajectories or MJX scripted runs), short training runs for the transfer checks. Without --runs, the transfer checks train their own policies (Reach dense with PPO,
+FetchReach-v4 (no MJX trajectories or MJX scripted runs), short training runs for the transfer checks.
+Without --runs, the transfer checks train their own policies (Reach dense with PPO,
 Reach sparse with SAC+HER); Push transfer needs a trained run (`--runs runs/push`), a CPU cannot train one in
 the suite's time.
 """

@@ -224,8 +224,8 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
                   "m", "uniform square minus a 10 cm disc"),
             Check("samplers", "object min distance to gripper (rejection radius 0.1)", float(d.min()), 0.1, env_id,
                   "m", "must be >= 0.1", ok=bool(d.min() >= 0.1 - 1e-6)),
-            Check("samplers", "goal height = table height, max abs diff", float(np.abs(g[:, 2] - ref.height_offset).max()),
-                  1e-6, env_id, "m")]
+            Check("samplers", "goal height = table height, max abs diff",
+                  float(np.abs(g[:, 2] - ref.height_offset).max()), 1e-6, env_id, "m")]
   return out
 
 
