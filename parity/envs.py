@@ -6,7 +6,9 @@ Each function returns a list of `report.Check`. Tolerances and why (docs/PHYSICS
 - the `cpu` backend runs C MuJoCo on the stock model: the physics is the reference's bit for bit, and
   observations differ only by their float32 rounding (<= 1e-6 m at the Fetch's ~1.5 m coordinates);
 - the `mjx` backend runs MJX in float32 on an edited model (mesh margins 0, contact set, palm proxy): Reach
-  gripper error <= 1e-4 m after 50 steps inside the arm's reach (measured 6.1e-6 to 1.6e-5); driven 1.5 m
+  gripper error <= 1e-4 m after 50 steps of free motion inside the arm's reach (measured 6.1e-6 to 1.6e-5;
+  float32 fails this on slow motions, docs/PARITY.md); once the fingers touch the table, <= 1.5e-3 m (the same
+  box-box finger contacts as Push, measured 0.86 mm); driven 1.5 m
   beyond its reach (joint limits active, weld stretched) <= 5e-3 m (measured 1.3e-3: MJX and C MuJoCo resolve the
   limit constraints differently); Push before contact: <= 1.5e-3 m (the fingers start
   3 mm inside the table and MJX's box-box collider offsets the gripper by ~1 mm at step 1, then flat); Push with
@@ -117,6 +119,18 @@ def observation_assembly(env_id: str, n_states: int = 20, seed: int = 0) -> list
 # ----------------------------------------------------------------------------------------------------------
 # Trajectories: same task, same actions, error vs horizon
 # ----------------------------------------------------------------------------------------------------------
+def _touches_table(ref) -> bool:
+  """Whether the reference has a contact other than the robot base on the floor (e.g. fingers on the table)."""
+  import mujoco
+
+  m, d = ref.model, ref.data
+  for c in d.contact[:d.ncon]:
+    bodies = {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "world" for g in (c.geom1, c.geom2)}
+    if not any("base_link" in b for b in bodies):
+      return True
+  return False
+
+
 def _action_sequences(env_id: str, kind: str, rng) -> np.ndarray:
   if kind == "fixed":  # 20 / 15 / 10 cm over 50 steps: stays inside the arm's reach
     a = np.tile(np.array([0.08, -0.06, 0.04, 0.0], np.float32), (50, 1))
@@ -148,6 +162,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0) 
     grip_err = np.zeros((n_episodes, 50))
     obj_err = np.zeros((n_episodes, 50))
     obs_err = np.zeros((n_episodes, 50))
+    touched = np.zeros((n_episodes, 50), bool)  # Reach: the fingers have touched the table by step t
     moved = 0.0
     for e in range(n_episodes):
       ref.reset(seed=seed + 100 * e + 7)
@@ -163,6 +178,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0) 
         ours = np.asarray(s.info["final_obs"]["observation"][0], np.float64)  # the pre-auto-reset obs at t = 49
         grip_err[e, t] = np.linalg.norm(ours[:3] - o[:3])
         obs_err[e, t] = np.abs(ours - o).max()
+        touched[e, t] = not push and (t > 0 and touched[e, t - 1] or _touches_table(ref))
         if push:
           obj_err[e, t] = np.linalg.norm(ours[3:6] - o[3:6])
       if push:
@@ -178,10 +194,18 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0) 
       tol, what, vals = MJX_TOL["push_no_contact"], "gripper position error (no contact with the block)", grip_err
     else:
       tol, what, vals = MJX_TOL["push_contact"], "block position error (gripper pushes the block)", obj_err
+    seeds = f"reset seeds {seed + 7}, {seed + 107}, ..."
     for h in HORIZONS:
-      out.append(Check("trajectories", f"{backend}: {kind} actions, {what}, step {h}", float(vals[:, h - 1].max()),
-                       tol, env_id, "m" if backend != "cpu" else "m or rad",
-                       f"max over {n_episodes} episodes (reset seeds {seed + 7}, {seed + 107}, ...)"))
+      free = ~touched[:, h - 1] if backend != "cpu" else np.ones(n_episodes, bool)
+      if free.any():
+        out.append(Check("trajectories", f"{backend}: {kind} actions, {what}, step {h}", float(vals[free, h - 1].max()),
+                         tol, env_id, "m" if backend != "cpu" else "m or rad",
+                         f"max over {int(free.sum())} of {n_episodes} episodes ({seeds})"
+                         + ("" if free.all() else "; the others touched the table: next row")))
+      if not free.all():  # Reach fingers on the table: MJX's box-box contacts differ from C's by ~1 mm
+        out.append(Check("trajectories", f"{backend}: {kind} actions, gripper position error after the fingers "
+                         f"touched the table, step {h}", float(vals[~free, h - 1].max()), MJX_TOL["push_no_contact"],
+                         env_id, "m", f"max over {int((~free).sum())} of {n_episodes} episodes ({seeds})"))
     if kind == "scripted push":
       out.append(Check("trajectories", f"{backend}: scripted push moved the block (a contact case, not a no-op)",
                        moved, 0.02, env_id, "m", "block displacement in the reference", ok=moved > 0.02))
