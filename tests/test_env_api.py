@@ -91,3 +91,15 @@ def test_bad_action_shape():
 
 def test_list_envs():
   assert envs.list_envs() == ["FetchPush-v4", "FetchPushDense-v4", "FetchReach-v4", "FetchReachDense-v4"]
+
+
+def test_mjx_batches_are_chunked_on_cpu():
+  """On XLA:CPU the MJX backend maps chunks of <= CPU_CHUNK envs (one vmap over 200 Push envs hung): any batch
+  size works and keeps the env order."""
+  from fetchjax.envs import mjx_backend
+
+  phys = envs.make("FetchReach-v4", num_envs=1, backend="mjx").backend
+  for n in (3, 128, 200, 256, 131):
+    x = jnp.arange(n, dtype=jnp.float32)
+    np.testing.assert_array_equal(np.asarray(phys._batched(lambda v: v * 2.0, x)), 2.0 * np.arange(n))
+  assert mjx_backend.CPU_CHUNK == 128

@@ -127,9 +127,12 @@ class MjxPhysics:
   # --- batched interface ------------------------------------------------------------------
   def _batched(self, fn, *args):
     n = jax.tree_util.tree_leaves(args)[0].shape[0]
-    if not self._on_cpu or n <= CPU_CHUNK or n % CPU_CHUNK:
+    if not self._on_cpu or n <= CPU_CHUNK:
       return jax.vmap(fn)(*args)
-    chunks = jax.tree_util.tree_map(lambda x: x.reshape((n // CPU_CHUNK, CPU_CHUNK) + x.shape[1:]), args)
+    # chunks of the largest size <= CPU_CHUNK that divides n: one vmap over all 200 envs of `python -m parity`'s
+    # scripted push hung the same way (2026-11-21; it used to fall back to one vmap when 128 did not divide n)
+    chunk = max(c for c in range(1, CPU_CHUNK + 1) if n % c == 0)
+    chunks = jax.tree_util.tree_map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), args)
     out = jax.lax.map(lambda a: jax.vmap(fn)(*a), chunks)
     return jax.tree_util.tree_map(lambda x: x.reshape((n,) + x.shape[2:]), out)
 
