@@ -12,7 +12,9 @@ baseline p0 beside every result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import sys
 import time
 import warnings
@@ -26,24 +28,43 @@ import numpy as np
 from fetchjax import agents, envs, runs
 
 
+def import_gymnasium_robotics():
+  """gymnasium_robotics with its envs registered, imported without the notices its import prints to stderr
+  (about Adroit envs; fetchjax's scene module would otherwise trigger them on first use)."""
+  import gymnasium as gym
+
+  with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    warnings.simplefilter("ignore")
+    import gymnasium_robotics
+  gym.register_envs(gymnasium_robotics)
+  return gymnasium_robotics
+
+
+def gymnasium_make(env_id: str):
+  """The CPU gymnasium-robotics env (the reference), TimeLimit-wrapped as `gym.make` returns it."""
+  import gymnasium as gym
+
+  import_gymnasium_robotics()
+  return gym.make(env_id)
+
+
+def task_of(ref) -> tuple[np.ndarray, np.ndarray]:
+  """(object_xy [2], goal [3]) float64 of a reset, unwrapped gymnasium-robotics Fetch env (xy 0 without object)."""
+  xy = np.zeros(2)
+  if ref.has_object:
+    adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
+    xy = ref.data.qpos[adr:adr + 2].copy()
+  return xy, ref.goal.copy()
+
+
 @functools.lru_cache(maxsize=8)
 def book_tasks(env_id: str, n: int, seed_base: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(object_xy [n, 2], goal [n, 3]) float64, as CPU gymnasium-robotics samples them on reset(seed=base+i)."""
-  import gymnasium as gym
-
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-    ref = gym.make(env_id).unwrapped
+  ref = gymnasium_make(env_id).unwrapped
   xy, goals = np.zeros((n, 2)), np.zeros((n, 3))
   for i in range(n):
     ref.reset(seed=seed_base + i)
-    if ref.has_object:
-      adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
-      xy[i] = ref.data.qpos[adr:adr + 2]
-    goals[i] = ref.goal
+    xy[i], goals[i] = task_of(ref)
   ref.close()
   return xy, goals
 
@@ -153,14 +174,7 @@ def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100
 def gymnasium_episodes(policy, env_id: str, n_episodes: int = 100, seed_base: int = 0) -> list[dict]:
   """The same protocol in CPU gymnasium-robotics itself: episode i = `reset(seed=base+i)`, 50 steps of a numpy
   policy (e.g. `fetchjax.load_policy`). The reference for policy-transfer checks."""
-  import gymnasium as gym
-
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-    env = gym.make(env_id)
+  env = gymnasium_make(env_id)
   episodes = []
   for i in range(n_episodes):
     obs, _ = env.reset(seed=seed_base + i)

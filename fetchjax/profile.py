@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
-import io
 import math
 import os
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import fetchjax  # noqa: F401  (XLA flags before JAX starts)
@@ -40,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fetchjax import envs, runs
+from fetchjax.eval import import_gymnasium_robotics
 
 SCHEMA = "fetchjax.profile/1"
 MODES = ("envs", "train", "all")
@@ -99,18 +97,6 @@ def measure(program, carry, repeats: int = 1) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Env stepping
 # ----------------------------------------------------------------------------------------------------------
-def import_gymnasium_robotics():
-  """gymnasium_robotics with its envs registered, imported without the notices its import prints to stderr
-  (about Adroit envs; fetchjax's scene module would otherwise trigger them on first use)."""
-  import gymnasium as gym
-
-  with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  return gymnasium_robotics
-
-
 def gym_rate(env_id: str, steps: int) -> float:
   """Env-steps/s of one CPU gymnasium-robotics env (`gym.make`, Python loop, random actions, resets included)."""
   import gymnasium as gym

@@ -59,6 +59,7 @@ def main(argv=None) -> int:
   import fetchjax  # noqa: F401  (XLA flags before JAX starts)
   import jax
 
+  from fetchjax import runs as fj_runs
   from parity import envs as penvs, report, sb3, transfer
 
   groups = [g for g in GROUPS if g in (a.only.split(",") if a.only else GROUPS) and g not in a.skip.split(",")]
@@ -103,10 +104,7 @@ def main(argv=None) -> int:
         run(f"scripted: {env_id} (mjx)", penvs.scripted_success, env_id, "mjx", episodes)
   if "transfer" in groups:
     run_dirs = list(a.runs)
-    given = set()
-    for r in run_dirs:
-      from fetchjax import runs as fj_runs
-      given.add(fj_runs.RunDir(r).read_meta()["env_id"])
+    given = {fj_runs.RunDir(r).read_meta()["env_id"] for r in run_dirs}
     for env_id in transfer.TRAIN:
       if env_id in a.envs and env_id not in given:
         d = os.path.join(out_dir, "train_" + env_id)

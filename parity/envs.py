@@ -18,7 +18,6 @@ Each function returns a list of `report.Check`. Tolerances and why (docs/PHYSICS
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 
@@ -34,23 +33,9 @@ SCRIPTED_PP = 0.03
 
 def reference(env_id: str):
   """A CPU gymnasium-robotics env, unwrapped from TimeLimit (we step exactly 50 times)."""
-  import gymnasium as gym
+  from fetchjax.eval import gymnasium_make
 
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-    return gym.make(env_id).unwrapped
-
-
-def _task_of(ref) -> tuple[np.ndarray, np.ndarray]:
-  if ref.has_object:
-    adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
-    xy = ref.data.qpos[adr:adr + 2].copy()
-  else:
-    xy = np.zeros(2)
-  return xy, ref.goal.copy()
+  return gymnasium_make(env_id).unwrapped
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -150,6 +135,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0) 
   import jax.numpy as jnp
 
   from fetchjax import envs
+  from fetchjax.eval import task_of
 
   env = envs.make(env_id, num_envs=1, backend=backend)
   step = jax.jit(env.step)
@@ -166,7 +152,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0) 
     moved = 0.0
     for e in range(n_episodes):
       ref.reset(seed=seed + 100 * e + 7)
-      xy, g = _task_of(ref)
+      xy, g = task_of(ref)
       s = env.reset_to(xy[None], g[None])  # numpy float64: the cpu backend keeps the exact object position
       o = ref._get_obs()["observation"]
       acts = None if kind == "scripted push" else _action_sequences(env_id, kind, rng)
@@ -221,6 +207,7 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
   import jax
 
   from fetchjax import envs
+  from fetchjax.eval import task_of
 
   env = envs.make(env_id, num_envs=1, backend="cpu")
   xy, g = (np.asarray(x) for x in jax.jit(jax.vmap(env.sample_task))(jax.random.split(jax.random.PRNGKey(0), n)))
@@ -228,7 +215,7 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
   rxy, rg = [], []
   for i in range(n_ref):
     ref.reset(seed=i)
-    x, goal = _task_of(ref)
+    x, goal = task_of(ref)
     rxy.append(x)
     rg.append(goal)
   rxy, rg = np.array(rxy), np.array(rg)

@@ -19,9 +19,7 @@ def gym_make():
 
 def task_params(ref):
   """The object xy and goal a reset gymnasium-robotics env sampled (to inject into fetchjax)."""
-  if ref.has_object:
-    adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
-    xy = ref.data.qpos[adr:adr + 2].copy()
-  else:
-    xy = np.zeros(2)
-  return xy[None], ref.goal.copy()[None]
+  from fetchjax.eval import task_of
+
+  xy, goal = task_of(ref)
+  return xy[None], goal[None]

@@ -70,7 +70,7 @@ def test_presets_and_config():
               dict(goal_selection_strategy="random"), dict(buffer_size=100), dict(hidden_sizes=("[32", "32]"))):
     with pytest.raises(ValueError):
       sac.preset("book", **bad)
-  assert sac._parse_ent_coef("auto_0.1") == (True, 0.1) and sac._parse_ent_coef("0.2") == (False, 0.2)
+  assert sac.parse_ent_coef("auto_0.1") == (True, 0.1) and sac.parse_ent_coef("0.2") == (False, 0.2)
 
 
 # ----------------------------------------------------------------------------------------------------------

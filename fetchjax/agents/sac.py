@@ -105,20 +105,20 @@ class SACConfig(EpisodeIterations):
 
   def __post_init__(self):
     check_offpolicy(self, positive=("target_update_interval",))
-    _parse_ent_coef(self.ent_coef)
+    parse_ent_coef(self.ent_coef)
     if self.target_entropy != "auto" and not isinstance(self.target_entropy, (int, float)):
       raise ValueError(f"target_entropy must be 'auto' or a number, got {self.target_entropy!r}")
 
   @property
   def auto_ent_coef(self) -> bool:
-    return _parse_ent_coef(self.ent_coef)[0]
+    return parse_ent_coef(self.ent_coef)[0]
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "SACConfig":
     return configs.from_preset(PRESETS, "SAC", name, overrides)
 
 
-def _parse_ent_coef(v) -> tuple[bool, float]:
+def parse_ent_coef(v) -> tuple[bool, float]:
   """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05)."""
   if isinstance(v, str):
     if v == "auto":
@@ -341,7 +341,7 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
   critic = DoubleCritic(c.hidden_sizes)
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
   actor_tx, critic_tx, ent_tx = adam(), adam(), adam()
-  auto, alpha0 = _parse_ent_coef(c.ent_coef)
+  auto, alpha0 = parse_ent_coef(c.ent_coef)
   target_entropy = -float(action_size) if c.target_entropy == "auto" else float(c.target_entropy)
 
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
@@ -606,4 +606,5 @@ __all__ = ["tb_constants", "SACConfig", "PRESETS", "TB_NAMES", "preset", "config
            "make_train", "make_learner", "make_offpolicy_runner", "policy_of", "make_act", "policy_action",
            "RunnerState", "TrainState", "Batch", "Learner", "Actor", "DoubleCritic", "MLP", "TorchDense",
            "torch_uniform", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed", "critic_loss_fn",
-           "ent_coef_loss_fn", "polyak"]
+           "ent_coef_loss_fn", "polyak", "parse_ent_coef", "critic_step", "whole_run", "check_offpolicy",
+           "EpisodeIterations"]
