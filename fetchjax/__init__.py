@@ -3,17 +3,10 @@ from __future__ import annotations
 
 import os as _os
 
+from fetchjax import xla_flags as _xla_flags
 
-def _set_xla_cpu_flags() -> None:
-  # XLA:CPU's fusion emitters make MJX kinematics ~1000x slower on CPU (mjx_port_notes.md §9). Only takes
-  # effect if fetchjax is imported before JAX initialises its backends; harmless on GPU.
-  flag = "--xla_cpu_use_fusion_emitters=false"
-  flags = _os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_use_fusion_emitters" not in flags:
-    _os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
-
-
-_set_xla_cpu_flags()
+# XLA:CPU flags for the installed jaxlib, set before JAX starts its backends (see fetchjax/xla_flags.py).
+_xla_flags.apply(_os.environ)
 
 __version__ = "0.1.0"
 
