@@ -1,4 +1,4 @@
-"""Evaluate a run with the book's protocol (experiment_contract.md §3, §7) and write its eval JSON.
+"""Evaluate a run with the book's evaluation protocol (below) and write its eval JSON.
 
     python -m fetchjax.eval --run-dir DIR [--n-episodes 100] [--deterministic | --stochastic] [--seed 0]
                             [--json-out F]
@@ -12,12 +12,9 @@ baseline p0 beside every result.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import io
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import fetchjax  # noqa: F401  (XLA flags before JAX starts)
@@ -25,19 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fetchjax import agents, envs, runs
-
-
-def import_gymnasium_robotics():
-  """gymnasium_robotics with its envs registered, imported without the notices its import prints to stderr
-  (about Adroit envs; fetchjax's scene module would otherwise trigger them on first use)."""
-  import gymnasium as gym
-
-  with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  return gymnasium_robotics
+from fetchjax import agents, compile_cache, envs, runs
+from fetchjax.envs.reference import import_gymnasium_robotics  # noqa: F401  (re-exported)
 
 
 def gymnasium_make(env_id: str):
@@ -252,12 +238,15 @@ def main(argv=None) -> int:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
   p.add_argument("--json-out", default=None, help="default: RUN_DIR/eval.json (fetchjax) or "
                  "RUN_DIR/eval_gymnasium.json (--sim gymnasium)")
+  p.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                 help="JAX persistent compilation cache (as python -m fetchjax.train)")
   p.add_argument("--sim", choices=("fetchjax", "gymnasium"), default="fetchjax",
                  help="gymnasium: run the deterministic policies in CPU gymnasium-robotics instead (transfer check)")
   a = p.parse_args(argv)
   if a.n_episodes < 1 or a.seed < 0:
     print("fetchjax.eval: error: --n-episodes must be >= 1 and --seed >= 0", file=sys.stderr)
     return 2
+  compile_cache.enable(compile_cache.resolve(a.compile_cache))
   if a.sim == "gymnasium" and not a.deterministic:
     print("fetchjax.eval: error: --sim gymnasium evaluates the deterministic policy only", file=sys.stderr)
     return 2

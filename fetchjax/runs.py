@@ -2,8 +2,10 @@
 
     RUN_DIR/
       meta.json            algo, env, seeds, steps, full config, device, versions, git commit, timing, status
-      checkpoints/<step>/  orbax checkpoints of the FULL vmapped runner state (params, optimiser, normaliser,
-                           PRNG keys, env state, update count): `--resume` continues bit-exactly
+      checkpoints/<step>/  the FULL vmapped runner state (params, optimiser, normaliser, PRNG keys, env state of
+                           any backend, update count) and the metrics history up to it, atomic and checksummed
+                           (fetchjax/checkpoints.py): `--resume` continues bit-exactly
+      checkpoints_set_aside/  corrupt checkpoints (and ones superseded by resuming from an older step), kept
       metrics.npz          per-update training metrics, [n_seeds, n_updates] each (+ "steps")
       tb/seed<N>/          TensorBoard (tensorboardX) with SB3 metric names, one run per directory
       eval.json            book evaluation schema (experiment_contract.md §3)
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from fetchjax import checkpoints
+
 META = "meta.json"
 METRICS = "metrics.npz"
 CKPT_DIR = "checkpoints"
+SET_ASIDE_DIR = "checkpoints_set_aside"  # corrupt or superseded checkpoints, moved here, never deleted
+KEEP_CHECKPOINTS = 2
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "mujoco", "mujoco-mjx", "gymnasium",
              "gymnasium-robotics", "numpy", "tensorboardX", "fetchjax")
 
@@ -128,11 +136,29 @@ class RunDir:
   def is_fresh(self) -> bool:
     return not self.path.exists() or not any(self.path.iterdir())
 
-  def create(self) -> None:
+  def create(self, meta: dict) -> None:
+    """Makes the run directory with its meta.json; on failure leaves nothing behind and raises RunError."""
     if not self.is_fresh():
       raise RunError(f"run directory {self.path} already holds a run; pass --resume {self.path} to continue it "
                      "or choose another --run-dir")
-    self.path.mkdir(parents=True, exist_ok=True)
+    self._made_dir = not self.path.exists()
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      self.write_meta(meta)
+    except OSError as e:
+      self.remove_new()
+      raise RunError(checkpoints.io_error_message(e, "cannot create the run directory")) from None
+
+  def remove_new(self) -> None:
+    """Removes what `create` made: the directory, or only its contents if it existed (empty) before."""
+    if getattr(self, "_made_dir", True):
+      shutil.rmtree(self.path, ignore_errors=True)
+    elif self.path.is_dir():
+      for p in self.path.iterdir():
+        if p.is_dir():
+          shutil.rmtree(p, ignore_errors=True)
+        else:
+          p.unlink(missing_ok=True)
 
   def read_meta(self) -> dict:
     if not self.path.is_dir():
@@ -168,50 +194,46 @@ class RunDir:
     return data.pop("steps"), data
 
   # --- checkpoints ---------------------------------------------------------------------------------------
-  def _manager(self, create: bool):
-    import orbax.checkpoint as ocp
-
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2, create=create, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(self.path / CKPT_DIR, options=opts)
+  def checkpoints(self, warn=None) -> "checkpoints.CheckpointStore":
+    kw = {} if warn is None else dict(warn=warn)
+    return checkpoints.CheckpointStore(self.path / CKPT_DIR, self.path / SET_ASIDE_DIR, keep=KEEP_CHECKPOINTS, **kw)
 
   def checkpoint_steps(self) -> list[int]:
-    if not (self.path / CKPT_DIR).is_dir():
-      return []
-    return sorted(self._manager(create=False).all_steps())
+    return self.checkpoints().steps()
 
-  def save_checkpoint(self, step: int, state: Any) -> None:
-    import orbax.checkpoint as ocp
+  def save_checkpoint(self, step: int, state: Any, steps: np.ndarray, history: dict[str, np.ndarray]) -> None:
+    """The full state and the metrics history up to it, in one atomic, checksummed checkpoint."""
+    buf = io.BytesIO()
+    np.savez(buf, steps=steps, **history)
+    try:
+      self.checkpoints().save(step, state, {METRICS: buf.getvalue()})
+    except OSError as e:
+      raise RunError(f"could not write a checkpoint in {self.path / CKPT_DIR}: {checkpoints.io_cause(e)}") from None
+    except Exception as e:  # orbax/tensorstore report I/O failures (a full disk) with their own types
+      raise RunError(f"could not write a checkpoint in {self.path / CKPT_DIR}: {checkpoints.io_cause(e)}") from None
 
-    mngr = self._manager(create=True)
-    mngr.save(int(step), args=ocp.args.StandardSave(state), force=True)
-    mngr.wait_until_finished()
-    mngr.close()
-
-  def restore_checkpoint(self, target: Any, step: int | None = None) -> tuple[int, Any]:
-    """Restores the newest (or the given) checkpoint into the structure of `target` (arrays or
-    ShapeDtypeStructs)."""
-    return self._restore(step, target, "to resume from", "is unreadable or does not match this run")
+  def restore_checkpoint(self, target: Any, step: int | None = None, writable: bool = False
+                         ) -> tuple[int, Any, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
+    """(step, state, (steps, history) saved with it or None) of the newest intact (or the given) checkpoint,
+    restored into the structure of `target` (arrays or ShapeDtypeStructs). `writable`: set corrupt ones aside."""
+    s, state, extras = self._restore(target, step, writable)
+    metrics = None
+    if METRICS in extras:
+      with np.load(io.BytesIO(extras[METRICS])) as z:
+        data = {k: z[k] for k in z.files}
+      metrics = data.pop("steps"), data
+    return s, state, metrics
 
   def restore_raw(self, step: int | None = None) -> tuple[int, dict]:
-    """The newest checkpoint as nested dicts of numpy arrays, without knowing its structure (for load_policy)."""
-    return self._restore(step, None, "", "is unreadable")
+    """The newest intact (or the given) checkpoint as nested dicts of numpy arrays, without knowing its
+    structure (for load_policy and eval)."""
+    s, state, _ = self._restore(None, step, False)
+    return s, state
 
-  def _restore(self, step: int | None, target: Any, purpose: str, failure: str) -> tuple[int, Any]:
-    import orbax.checkpoint as ocp
-
-    steps = self.checkpoint_steps()
-    if not steps:
-      raise RunError(f"{self.path} has no checkpoint {purpose + ' ' if purpose else ''}"
-                     f"({self.path / CKPT_DIR} is missing or empty)")
-    step = steps[-1] if step is None else step
-    mngr = self._manager(create=False)
+  def _restore(self, target, step, writable):
+    if not (self.path / CKPT_DIR).is_dir() or not self.checkpoint_steps():
+      raise RunError(f"{self.path} has no checkpoint ({self.path / CKPT_DIR} is missing or empty)")
     try:
-      args = ocp.args.StandardRestore() if target is None else ocp.args.StandardRestore(target)
-      state = mngr.restore(step, args=args)
-    except Exception as e:  # orbax raises many types for truncated/garbled files
-      msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise RunError(f"checkpoint {self.path / CKPT_DIR / str(step)} {failure} "
-                     f"({type(e).__name__}: {msg[:200]})") from None
-    finally:
-      mngr.close()
-    return step, state
+      return self.checkpoints().restore(target, step, writable)
+    except checkpoints.CheckpointError as e:
+      raise RunError(str(e)) from None

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ import fetchjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
 import numpy as np
 
-from fetchjax import agents, envs, runs
+from fetchjax import agents, checkpoints, compile_cache, envs, interrupts, runs
 
 DEFAULT_ENV = "FetchReachDense-v4"
 
@@ -81,11 +84,17 @@ def chunk_updates(num_updates: int, done: int = 0, target_chunks: int = 25) -> i
 # Logging
 # ----------------------------------------------------------------------------------------------------------
 class TensorBoard:
-  """One tensorboardX writer per seed, in RUN_DIR/tb/seed<N> (one run per directory)."""
+  """One tensorboardX writer per seed, in RUN_DIR/tb/seed<N> (one run per directory).
 
-  def __init__(self, rd: runs.RunDir, seeds: list[int], names: dict[str, str]):
+  `resume_step`: the checkpoint a resumed run continues from; events logged after it by the process that was
+  stopped are dropped first, so every step has one value, as in the checkpointed history."""
+
+  def __init__(self, rd: runs.RunDir, seeds: list[int], names: dict[str, str], resume_step: int | None = None):
     from tensorboardX import SummaryWriter
 
+    if resume_step is not None:
+      for s in seeds:
+        truncate_events(rd.tb_dir(s), resume_step)
     self.names = names  # the algorithm's metric -> SB3 tag map
     self.writers = [SummaryWriter(str(rd.tb_dir(s))) for s in seeds]
 
@@ -104,6 +113,41 @@ class TensorBoard:
   def close(self):
     for w in self.writers:
       w.close()
+
+
+def read_events(path: Path) -> list[bytes]:
+  """The serialized Event records of a TensorBoard event file; a record cut off at the end (a killed writer)
+  is dropped."""
+  import struct
+
+  data, out, pos = path.read_bytes(), [], 0
+  while pos + 12 <= len(data):  # TFRecord framing: length u64, crc u32, payload, crc u32
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    if pos + 12 + n + 4 > len(data):
+      break
+    out.append(data[pos + 12:pos + 12 + n])
+    pos += 12 + n + 4
+  return out
+
+
+def truncate_events(seed_dir: Path, last_step: int) -> None:
+  """Rewrites the event files in `seed_dir` without the summaries logged after `last_step`."""
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import RecordWriter
+
+  for path in sorted(Path(seed_dir).glob("events.*")):
+    records = read_events(path)
+    keep = [r for r in records if not (event_pb2.Event.FromString(r).HasField("summary")
+                                       and event_pb2.Event.FromString(r).step > last_step)]
+    if len(keep) == len(records) and path.stat().st_size == sum(len(r) + 16 for r in records):
+      continue
+    tmp = path.with_name(path.name + ".tmp")
+    w = RecordWriter(str(tmp))
+    for r in keep:
+      w.write(r)
+    w.flush()
+    w.close()
+    os.replace(tmp, path)
 
 
 class Progress:
@@ -196,7 +240,12 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   preset = a.preset or default_preset(a.algo, a.env, bool(a.her))
   if preset not in algo.PRESETS:
     raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.PRESETS))}")
-  overrides = {**given, **parse_overrides(a.set)}
+  set_values = parse_overrides(a.set)
+  own_flags = {"env_id": "--env", "total_timesteps": "--total-steps", "num_envs": "--n-envs", "backend": "--backend"}
+  for key, flag in own_flags.items():
+    if key in set_values:
+      raise ValueError(f"{key} has its own flag: use {flag} instead of --set {key}=...")
+  overrides = {**given, **set_values}
   if "ent_coef" in overrides:
     overrides["ent_coef"] = _parse_value(str(overrides["ent_coef"]))
   overrides["env_id"] = a.env
@@ -212,10 +261,104 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
                                     a.eval_episodes, a.video_episodes, a.pause_at), None
 
 
-def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -> int:
+@dataclasses.dataclass
+class _Progress:
+  """What belongs together: a runner state, the updates it holds and the metrics history up to it."""
+
+  runner: object
+  updates: int
+  steps: np.ndarray
+  history: dict
+
+
+class _Session:
+  """One `train` call: the run directory, what this process created in it, and the newest progress (which a
+  stop request or an interrupt checkpoints)."""
+
+  def __init__(self, rd: runs.RunDir, plan: Plan, fresh: bool, quiet: bool):
+    self.rd, self.plan, self.fresh, self.quiet = rd, plan, fresh, quiet
+    self.created = False       # this process made the run directory
+    self.progress: _Progress | None = None
+    self.per_update = plan.config.rollout_size
+
+  def say(self, *x) -> None:
+    if not self.quiet:
+      print(*x, file=sys.stderr, flush=True)
+
+  def checkpoint(self) -> None:
+    p = self.progress
+    self.rd.save_checkpoint(p.updates * self.per_update, {"runner": p.runner}, p.steps, p.history)
+    self.rd.save_metrics(p.steps, p.history)
+
+  def set_status(self, status: str) -> None:
+    try:
+      self.rd.update_meta(status=status)
+    except (OSError, runs.RunError):  # e.g. the full disk that failed the run: the error line says why
+      pass
+
+  def remove_if_untrained(self) -> bool:
+    """A new run stopped before anything was trained leaves no directory behind (True if removed)."""
+    untrained = self.progress is None or self.progress.updates == 0
+    if self.fresh and self.created and untrained and not self.rd.checkpoint_steps():
+      self.rd.remove_new()
+      return True
+    return False
+
+
+def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False, command: str = "",
+          compile_cache: dict | None = None, resume_step: int | None = None) -> int:
+  """Trains (fresh when `meta` is None, else resumes from the newest or the `resume_step` checkpoint), then
+  evaluates. Returns the exit status: 0, or 130 when stopped by Ctrl-C or SIGTERM. The first signal stops at the
+  end of the current chunk with a checkpoint; a second stops at once, checkpointing the last finished chunk."""
+  session = _Session(rd, plan, fresh=meta is None, quiet=quiet)
+  stop = interrupts.StopRequests(lambda: print(
+      "\nstop requested: finishing the current chunk, then checkpoint and exit (press Ctrl-C again to stop at "
+      "once)", file=sys.stderr, flush=True))
+  with stop:
+    try:
+      status, findings = _train_loop(session, meta, stop, command, compile_cache, resume_step)
+    except KeyboardInterrupt:
+      status = "interrupted"
+    except BaseException:
+      with stop.critical():
+        if (session.created or not session.fresh) and not session.remove_if_untrained():
+          session.set_status("failed")  # a run this process made or resumed (never someone else's directory)
+      raise
+    if status == "interrupted":
+      with stop.critical():
+        return _interrupted(session)
+  if status == "paused":
+    return 0
+  p = session.progress
+  try:
+    finish(rd, plan, plan.config, agents.get(plan.algo), p.runner, p.steps, p.history, findings, session.say)
+  except KeyboardInterrupt:
+    print(f"\ninterrupted during evaluation: training is complete and checkpointed; evaluate with: "
+          f"python -m fetchjax.eval --run-dir {shlex.quote(str(rd.path))}", file=sys.stderr)
+    return 130
+  return 0
+
+
+def _interrupted(session: _Session) -> int:
+  rd = session.rd
+  if session.remove_if_untrained():
+    print(f"interrupted before training started: removed the new run directory {rd.path}", file=sys.stderr)
+    return 130
+  if session.progress is not None:
+    session.checkpoint()  # a no-op when this chunk was already checkpointed
+  session.set_status("interrupted")
+  steps = rd.checkpoint_steps()
+  print(f"interrupted: checkpoint at {steps[-1] if steps else 0:,} steps; continue with: "
+        f"python -m fetchjax.train --resume {shlex.quote(str(rd.path))}", file=sys.stderr)
+  return 130
+
+
+def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_step) -> tuple[str, list]:
+  """Trains until done ("trained"), --pause-at ("paused") or a stop request ("interrupted"); returns that and
+  the diagnostics findings. `session.progress` always holds the newest finished chunk."""
+  rd, plan, say = session.rd, session.plan, session.say
   algo = agents.get(plan.algo)
   cfg = plan.config
-  say = (lambda *x: None) if quiet else (lambda *x: print(*x, file=sys.stderr, flush=True))
   n_seeds, per_update = len(plan.seeds), cfg.rollout_size
   num_updates = cfg.num_updates
   ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
@@ -223,114 +366,117 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False) -
   init, run = algo.make_runner(cfg)
   keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in plan.seeds])
   v_init = jax.jit(jax.vmap(init))
-  done_updates, history, steps_hist = 0, {}, np.zeros(0, np.int64)
+  resumed_from = None
   if meta is None:  # fresh run
     backend = envs.default_backend() if cfg.backend == "auto" else cfg.backend
-    rd.create()
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
                 n_envs=cfg.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
                 checkpoint_every=ckpt_every, backend=backend,
                 physics="C MuJoCo, stock gymnasium-robotics model (float64)" if backend == "cpu"
                 else "MJX-JAX, edited model, float32",
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
-                command=" ".join(sys.argv), created_at=runs.now(), status="running")
-    rd.write_meta(meta)
-    runner = v_init(keys)
+                command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
+    with stop.critical():
+      rd.create(meta)
+      session.created = True
+    if num_updates * per_update != cfg.total_timesteps:
+      say(f"note: {cfg.total_timesteps:,} steps is not a whole number of {per_update:,}-step iterations "
+          f"({cfg.num_envs} envs x {per_update // cfg.num_envs} steps); training {num_updates * per_update:,} "
+          "steps per seed")
+    session.progress = _Progress(v_init(keys), 0, np.zeros(0, np.int64), {})
     say(f"run directory {rd.path}: {plan.algo} on {plan.env_id}, seeds {plan.seeds}, {cfg.total_timesteps:,} "
         f"steps each, {cfg.num_envs} envs, preset {plan.preset}, backend {meta['backend']}, "
         f"device {meta['device']['kind']}")
   else:
     target = jax.eval_shape(v_init, keys)
-    ckpt_step, restored = rd.restore_checkpoint({"runner": target})
+    with stop.critical():
+      ckpt_step, restored, saved_metrics = rd.restore_checkpoint({"runner": target}, resume_step, writable=True)
     runner = restored["runner"]
-    done_updates = int(np.asarray(runner.train_state.step).reshape(-1)[0])
-    if done_updates * per_update != ckpt_step:
-      raise runs.RunError(f"checkpoint {ckpt_step} holds {done_updates} updates, not {ckpt_step // per_update}")
-    steps_hist, history = rd.load_metrics()
-    steps_hist = steps_hist[:done_updates]
-    history = {k: v[:, :done_updates] for k, v in history.items()}
-    meta = rd.update_meta(total_steps=cfg.total_timesteps, config=dataclasses.asdict(cfg), status="running",
-                          resumed_at=meta.get("resumed_at", []) + [dict(step=ckpt_step, at=runs.now())])
+    done = int(np.asarray(runner.train_state.step).reshape(-1)[0])
+    if done * per_update != ckpt_step:
+      raise runs.RunError(f"checkpoint {ckpt_step} holds {done} updates, not {ckpt_step // per_update}")
+    steps_hist, history = saved_metrics if saved_metrics is not None else rd.load_metrics()  # None: 0.1 layout
+    session.progress = _Progress(runner, done, steps_hist[:done], {k: v[:, :done] for k, v in history.items()})
+    with stop.critical():
+      for moved in rd.checkpoints().set_aside_newer_than(ckpt_step):
+        say(f"a checkpoint newer than step {ckpt_step:,} was moved to {moved}")
+      rd.save_metrics(session.progress.steps, session.progress.history)  # as the checkpoint has it
+      meta = rd.update_meta(total_steps=cfg.total_timesteps, config=dataclasses.asdict(cfg), status="running",
+                            compile_cache=compile_cache,
+                            resumed_at=meta.get("resumed_at", []) + [dict(step=ckpt_step, at=runs.now())])
     say(f"resuming {rd.path} at {ckpt_step:,} / {cfg.total_timesteps:,} steps per seed")
-    if done_updates >= num_updates:
+    if done >= num_updates:
       say("nothing to train: the run is complete (pass a larger --total-steps to extend it)")
+    resumed_from = ckpt_step
 
-  chunk = chunk_updates(num_updates, done_updates)
+  chunk = chunk_updates(num_updates, session.progress.updates)
   t_compile = time.time()
   v_run = jax.jit(jax.vmap(lambda r: run(r, chunk)))
-  compiled = v_run.lower(runner).compile()
+  lowered = v_run.lower(session.progress.runner)
+  lower_s = time.time() - t_compile
+  compiled = lowered.compile()  # from the persistent cache when this program was compiled before
   compile_s = time.time() - t_compile
-  say(f"compiled {chunk} update(s) per call in {compile_s:.1f} s")
+  say(f"compiled {chunk} update(s) per call in {compile_s:.1f} s (tracing {lower_s:.1f} s, XLA "
+      f"{compile_s - lower_s:.1f} s)")
+  if stop.requested:
+    return "interrupted", []
 
   from fetchjax import diagnostics
-  tb = TensorBoard(rd, plan.seeds, algo.TB_NAMES)
+  tb = TensorBoard(rd, plan.seeds, algo.TB_NAMES, resume_step=resumed_from)
   check = getattr(diagnostics, f"check_{plan.algo}", None)
-  progress = None if quiet else Progress(num_updates * per_update, done_updates * per_update)
-  findings_all: list = []
-  t0, start_updates = time.time(), done_updates
-  last_ckpt = done_updates * per_update
-  saved_runner = runner
-
-  def checkpoint(r, n_upd):
-    rd.save_checkpoint(n_upd * per_update, {"runner": r})
-    rd.save_metrics(steps_hist, history)
-
+  line = None if session.quiet else Progress(num_updates * per_update, session.progress.updates * per_update)
+  findings: list = []
+  t0, start_updates = time.time(), session.progress.updates
+  last_ckpt = start_updates * per_update
   stop_updates = num_updates if plan.pause_at is None else min(num_updates, -(-plan.pause_at // per_update))
   try:
-    while done_updates < stop_updates:
-      runner, metrics = compiled(runner)
+    while session.progress.updates < stop_updates:
+      p = session.progress
+      runner, metrics = compiled(p.runner)
       metrics = {k: np.asarray(v) for k, v in metrics.items()}  # [seeds, chunk]; the only host sync per chunk
-      steps = (done_updates + 1 + np.arange(chunk)) * per_update
-      first = done_updates
-      done_updates += chunk
-      steps_hist = np.concatenate([steps_hist, steps])
-      history = {k: np.concatenate([history[k], v], 1) if k in history else v for k, v in metrics.items()}
+      steps = (p.updates + 1 + np.arange(chunk)) * per_update
+      history = {k: np.concatenate([p.history[k], v], 1) if k in p.history else v for k, v in metrics.items()}
+      session.progress = _Progress(runner, p.updates + chunk, np.concatenate([p.steps, steps]), history)
+      done = session.progress.updates
       elapsed = time.time() - t0
       tb.log(steps, metrics, {
-          "time/fps": (done_updates - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
-          "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, first)
-      found = check(history, steps_hist, cfg, plan.env_id) if check else []
-      for f in diagnostics.new_findings(findings_all, found):
-        findings_all.append(f)
-        if progress and progress.tty:
+          "time/fps": (done - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
+          "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, p.updates)
+      found = check(history, session.progress.steps, cfg, plan.env_id) if check else []
+      for f in diagnostics.new_findings(findings, found):
+        findings.append(f)
+        if line and line.tty:
           print(file=sys.stderr)
         say(diagnostics.format_finding(f))
-      if progress:
-        progress.update(int(steps[-1]), _nanmean(metrics["success_rate"][:, -1]),
-                        _nanmean(metrics["ep_rew_mean"][:, -1]))
-      saved_runner = runner
-      if done_updates * per_update - last_ckpt >= ckpt_every or done_updates >= stop_updates:
-        checkpoint(runner, done_updates)
-        last_ckpt = done_updates * per_update
-  except KeyboardInterrupt:
-    if progress:
-      progress.close()
-    checkpoint(saved_runner, int(np.asarray(saved_runner.train_state.step).reshape(-1)[0]))
-    rd.update_meta(status="interrupted")
-    print(f"interrupted: checkpoint saved at {int(steps_hist[-1]) if len(steps_hist) else 0:,} steps; continue "
-          f"with: python -m fetchjax.train --resume {rd.path}", file=sys.stderr)
-    tb.close()
-    return 130
+      if line:
+        line.update(int(steps[-1]), _nanmean(metrics["success_rate"][:, -1]), _nanmean(metrics["ep_rew_mean"][:, -1]))
+      if done * per_update - last_ckpt >= ckpt_every or done >= stop_updates or stop.requested:
+        with stop.critical():
+          session.checkpoint()
+        last_ckpt = done * per_update
+      if stop.requested:
+        return "interrupted", findings
   finally:
     tb.close()
-  if progress:
-    progress.close()
+    if line:
+      line.close()
   train_s = time.time() - t0
-  if done_updates < num_updates:  # --pause-at
-    rd.update_meta(status="paused")
-    say(f"paused at {done_updates * per_update:,} steps (checkpoint saved); continue with: "
-        f"python -m fetchjax.train --resume {rd.path}")
-    return 0
-  trained_steps = (done_updates - start_updates) * per_update  # by this process
-  meta = rd.update_meta(status="trained", trained_steps=int(done_updates * per_update),
-                        training_time_sec=train_s, compile_time_sec=compile_s,
-                        steps_per_sec=trained_steps * n_seeds / max(train_s, 1e-9),
-                        steps_per_sec_per_seed=trained_steps / max(train_s, 1e-9))
-  say(f"trained {done_updates * per_update:,} steps x {n_seeds} seed(s) in {train_s:.1f} s "
+  done = session.progress.updates
+  if done < num_updates:  # --pause-at
+    with stop.critical():
+      rd.update_meta(status="paused")
+    say(f"paused at {done * per_update:,} steps (checkpoint saved); continue with: "
+        f"python -m fetchjax.train --resume {shlex.quote(str(rd.path))}")
+    return "paused", findings
+  trained_steps = (done - start_updates) * per_update  # by this process
+  with stop.critical():
+    meta = rd.update_meta(status="trained", trained_steps=int(done * per_update),
+                          training_time_sec=train_s, compile_time_sec=compile_s, trace_time_sec=lower_s,
+                          steps_per_sec=trained_steps * n_seeds / max(train_s, 1e-9),
+                          steps_per_sec_per_seed=trained_steps / max(train_s, 1e-9))
+  say(f"trained {done * per_update:,} steps x {n_seeds} seed(s) in {train_s:.1f} s "
       f"(+{compile_s:.1f} s compile): {meta['steps_per_sec']:,.0f} env-steps/s")
-
-  finish(rd, plan, cfg, algo, runner, steps_hist, history, findings_all, say)
-  return 0
+  return "trained", findings
 
 
 def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> None:
@@ -407,7 +553,12 @@ def main(argv=None) -> int:
   p.add_argument("--gamma", type=float, default=None, help="discount factor (default: the preset's)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
   p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
-  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
+  p.add_argument("--step", type=int, default=None, metavar="STEPS",
+                 help="with --resume: continue from this checkpoint (newer ones are moved aside, not deleted)")
+  p.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                 help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
+                      "~/.cache/fetchjax/jax; off: none)")
   p.add_argument("--checkpoint-every", type=int, default=None, help="env steps per seed between checkpoints")
   p.add_argument("--eval-episodes", type=int, default=100, help="deterministic eval episodes per seed (0: skip)")
   p.add_argument("--video-episodes", type=int, default=2, help="eval episodes in the MP4 (0: no video)")
@@ -415,27 +566,36 @@ def main(argv=None) -> int:
                  help="checkpoint and stop once this many steps per seed are done (continue with --resume)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   a = p.parse_args(argv)
+  if a.step is not None and not a.resume:
+    p.error("--step picks the checkpoint to resume from: it needs --resume RUN_DIR")
   if a.resume and (a.run_dir or a.set or a.seeds or a.n_envs or a.preset or a.backend or a.algo != "ppo"
                    or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
                    or a.her_strategy or a.ent_coef is not None or a.gamma is not None):
-    p.error("--resume takes its settings from the run; only --total-steps, --checkpoint-every, --pause-at, "
-            "--eval-episodes, --video-episodes and --quiet may be given with it")
+    p.error("--resume takes its settings from the run; only --step, --total-steps, --checkpoint-every, "
+            "--pause-at, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given with it")
+  if a.step is not None and a.step < 0:
+    p.error(f"--step must be >= 0, got {a.step}")
   for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at"):
     v = getattr(a, name)
     if v is not None and v < 1:
       p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
   if a.seed < 0 or a.eval_episodes < 0 or a.video_episodes < 0:
     p.error("--seed, --eval-episodes and --video-episodes must be >= 0")
+  command = "python -m fetchjax.train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+  cache = compile_cache.enable(compile_cache.resolve(a.compile_cache))  # before anything compiles
   try:
     rd, plan, meta = build_plan(a)
   except (runs.RunError, ValueError, TypeError) as e:  # bad flags / --set values / run directory
     print(f"fetchjax.train: error: {e}", file=sys.stderr)
     return 2
   try:
-    return train(rd, plan, meta, quiet=a.quiet)
+    return train(rd, plan, meta, quiet=a.quiet, command=command.strip(), compile_cache=cache, resume_step=a.step)
   except runs.RunError as e:
     print(f"fetchjax.train: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # a full disk, a directory that became unwritable, ...
+    print(f"fetchjax.train: error: {checkpoints.io_error_message(e, 'cannot write')}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -280,13 +280,24 @@ def _cli(*args, cwd=None):
     (["--bogus-flag"], "unrecognized arguments"),
     (["--her"], "HER needs an off-policy algorithm"),
     (["--gamma", "0.9", "--resume", "/tmp/x"], "--resume takes its settings from the run"),
+    (["--set", "learning_rate=abc"], "learning_rate must be a number, got 'abc'"),
+    (["--set", "gamma=abc"], "gamma must be a number"),
+    (["--set", "gamma=1.5"], "gamma must be in [0, 1]"),
+    (["--set", "clip_range=abc"], "clip_range must be a number"),
+    (["--set", "normalize_obs=maybe"], "normalize_obs must be true or false, got 'maybe'"),
+    (["--set", "n_epochs=2.5"], "n_epochs must be an integer"),
+    (["--set", "env_id=Foo"], "use --env instead of --set env_id"),
+    (["--set", "num_envs=4"], "use --n-envs"),
+    (["--algo", "sac", "--set", "tau=-1"], "tau must be in (0, 1]"),
+    (["--step", "5"], "--step picks the checkpoint to resume from"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
   r = _cli(*args) if "--resume" in args else _cli(*args, "--run-dir", str(tmp_path / "x"))
   assert r.returncode == 2, r.stderr
-  lines = [l for l in r.stderr.splitlines() if l.strip() and "Adroit" not in l and "gymnasium" not in l.lower()]
+  lines = [l for l in r.stderr.splitlines() if l.strip()]  # nothing else: no third-party import notices either
   assert len(lines) == 1 and message in lines[0], r.stderr
   assert "Traceback" not in r.stderr
+  assert not (tmp_path / "x").exists()  # a failed start leaves no run directory behind
 
 
 def test_existing_run_dir_is_never_overwritten(run2, tmp_path):
@@ -297,16 +308,36 @@ def test_existing_run_dir_is_never_overwritten(run2, tmp_path):
   assert (d / "meta.json").read_text() == before
 
 
-def test_corrupt_checkpoint_is_one_line(run2, tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(run2, tmp_path, capsys):
+  """Issue 14: 100 bytes overwritten in the newest checkpoint used to load silently (and the resume then deleted
+  the last good one). Now: one line says so, the bad one is set aside (kept), the run resumes from the older
+  intact checkpoint and ends bit-identical to the untouched run."""
   d = tmp_path / "corrupt"
   shutil.copytree(run2, d)
-  step = runs.RunDir(d).checkpoint_steps()[-1]
-  for f in (d / "checkpoints" / str(step)).rglob("*"):
-    if f.is_file() and f.stat().st_size > 0:
+  steps = runs.RunDir(d).checkpoint_steps()
+  assert steps == [2 * UPDATE, 3 * UPDATE]
+  data = [f for f in (d / "checkpoints" / str(steps[-1]) / "state").rglob("*") if f.is_file()
+          and f.stat().st_size > 200]
+  for f in data:  # same sizes, different bytes
+    b = bytearray(f.read_bytes())
+    b[100:200] = bytes(100)
+    f.write_bytes(bytes(b))
+  assert fj_train.main(["--resume", str(d), "--quiet", "--eval-episodes", "0", "--video-episodes", "0"]) == 0
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(err) == 1 and "corrupt" in err[0] and "checkpoints_set_aside" in err[0], err
+  assert len(list((d / "checkpoints_set_aside").iterdir())) == 1
+  _assert_same_runs(run2, d)
+
+
+def test_all_checkpoints_corrupt_is_one_line(run2, tmp_path, capsys):
+  d = tmp_path / "corrupt"
+  shutil.copytree(run2, d)
+  for f in (d / "checkpoints").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and f.name != "manifest.json":
       f.write_bytes(b"garbage")
   assert fj_train.main(["--resume", str(d), "--quiet", "--total-steps", str(4 * UPDATE)]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "unreadable" in err[0], err
+  err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("WARN")]
+  assert len(err) == 1 and "no intact checkpoint" in err[0], err
 
 
 def test_chunks_end_exactly_at_the_total():

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from gymnasium_robotics.utils.rotations import mat2euler as np_mat2euler
 
-from fetchjax.envs import scene
+from fetchjax.envs import reference, scene
+
+reference.import_gymnasium_robotics()  # quietly, before the submodule import below triggers the package's notices
+from gymnasium_robotics.utils.rotations import mat2euler as np_mat2euler  # noqa: E402
 from fetchjax.envs.tasks import FetchTask
 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION

@@ -26,9 +26,9 @@ _FOOT_RADIUS = 1e-3
 
 
 def fetch_assets_dir() -> str:
-  import gymnasium_robotics  # imported lazily: heavy, and only the asset path is needed
+  from fetchjax.envs.reference import import_gymnasium_robotics  # lazily: heavy, only the asset path is needed
 
-  return os.path.join(os.path.dirname(gymnasium_robotics.__file__), "envs", "assets", "fetch")
+  return os.path.join(os.path.dirname(import_gymnasium_robotics().__file__), "envs", "assets", "fetch")
 
 
 def xml_path(task: FetchTask) -> str:

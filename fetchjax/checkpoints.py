@@ -1,0 +1,312 @@
+"""Checkpoints of any pytree (any backend's env state) that are never half-written, never silently corrupt, and
+never deleted before a newer one is complete.
+
+    checkpoints/
+      <step>/                 complete: renamed into place only once everything below is written and fsynced
+        state/                the pytree (orbax StandardCheckpointHandler); zero-size leaves are not stored
+        <name>                extra files (the train CLI stores the metrics history that matches the state)
+        manifest.json         size + sha256 of every file above, the zero-size leaves, the step
+      .partial-<step>-<pid>/  a save in progress (removed by the next save: the process that wrote it is gone)
+    checkpoints_set_aside/<step>-<reason>-<time>/   corrupt or superseded checkpoints, moved, never deleted
+
+A checkpoint is *intact* when every file in its manifest exists with the recorded size and sha256. Restoring
+the newest checkpoint skips (and, for a writer, sets aside) any that is not, saying so in one line. Checkpoints
+written before manifests existed (orbax CheckpointManager layout, `<step>/default/`) load with a warning.
+
+Zero-size leaves (mjx.Data has several: `act`, `plugin_state`, ... with na = 0) cannot be stored by orbax; they
+are stored as absent and rebuilt from the restore target's shapes, so no field of any backend needs a special case.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+FORMAT = "fetchjax.checkpoint/1"
+MANIFEST = "manifest.json"
+STATE = "state"
+_LEGACY_STATE = "default"  # orbax CheckpointManager's item directory (fetchjax 0.1 checkpoints)
+_PARTIAL = ".partial-"
+
+
+class CheckpointError(Exception):
+  """A checkpoint problem the user must hear about in one line (missing, corrupt, unwritable)."""
+
+
+def _warn(message: str) -> None:
+  print(f"WARN {message}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _files_under(root: Path) -> list[Path]:
+  return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _fsync(path: Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def first_line(e: BaseException) -> str:
+  lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+  text = lines[0] if lines else ""
+  return f"{type(e).__name__}: {text[:240]}" if text else type(e).__name__
+
+
+def io_cause(e: BaseException) -> str:
+  """The operating-system cause inside an I/O failure (orbax/TensorStore wrap `No space left on device` in
+  ValueErrors with long messages), else the exception's first line."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    m = re.search(r"os_error_code='?(\d+)", str(seen)) or re.search(r"\[Errno (\d+)\]", str(seen))
+    if m:
+      return os.strerror(int(m[1]))
+    seen = seen.__cause__ or seen.__context__
+  return first_line(e)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Orbax logs every failed background write (with tracebacks) on the absl logger; the caller reports the
+  failure in one line instead."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def io_error_message(e: OSError, what: str) -> str:
+  """One line for an OSError: what failed, the path and the cause (e.g. 'No space left on device')."""
+  path = e.filename if e.filename is not None else ""
+  cause = e.strerror or first_line(e)
+  return f"{what}{' ' + str(path) if path else ''}: {cause}"
+
+
+def _is_empty(x) -> bool:
+  return hasattr(x, "shape") and int(np.prod(x.shape)) == 0
+
+
+def _without_empty(tree):
+  return jax.tree.map(lambda x: None if _is_empty(x) else x, tree)
+
+
+def _with_empty(target, restored):
+  """`restored` (empty leaves absent) with the zero-size leaves of `target` put back as zeros."""
+  filled = iter(jax.tree.leaves(restored))
+  leaves, treedef = jax.tree.flatten(target)
+  out = [np.zeros(t.shape, t.dtype) if _is_empty(t) else next(filled) for t in leaves]
+  return jax.tree.unflatten(treedef, out)
+
+
+class CheckpointStore:
+  """The checkpoints of one run directory. `keep`: how many intact checkpoints to keep (the newest)."""
+
+  def __init__(self, directory: str | os.PathLike, set_aside_dir: str | os.PathLike, keep: int = 2,
+               warn: Callable[[str], None] = _warn):
+    self.dir = Path(directory)
+    self.set_aside_dir = Path(set_aside_dir)
+    self.keep = keep
+    self.warn = warn
+
+  # --- listing -------------------------------------------------------------------------------------------
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoint directories (intact or not), ascending."""
+    if not self.dir.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+  def path(self, step: int) -> Path:
+    return self.dir / str(int(step))
+
+  def check(self, step: int) -> str | None:
+    """None if checkpoint `step` is intact; otherwise why not, in a few words."""
+    root = self.path(step)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+      if (root / _LEGACY_STATE).is_dir() and (root / "commit_success.txt").is_file():
+        return None  # fetchjax 0.1 layout: nothing to verify against (see restore)
+      return f"{MANIFEST} is missing"
+    try:
+      manifest = json.loads(mpath.read_text())
+      files = manifest["files"]
+      if manifest.get("format") != FORMAT or manifest.get("step") != int(step):
+        return f"{MANIFEST} is not a {FORMAT} manifest for step {step}"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      return f"{MANIFEST} is unreadable ({first_line(e)})"
+    for rel, want in files.items():
+      f = root / rel
+      try:
+        size = f.stat().st_size
+      except OSError:
+        return f"{rel} is missing"
+      if size != want["size"]:
+        return f"{rel} has {size} bytes, not {want['size']}"
+      if _sha256(f) != want["sha256"]:
+        return f"{rel} does not match its checksum"
+    return None
+
+  def _is_legacy(self, step: int) -> bool:
+    return not (self.path(step) / MANIFEST).is_file()
+
+  # --- writing -------------------------------------------------------------------------------------------
+  def save(self, step: int, state: Any, files: dict[str, bytes] | None = None) -> Path:
+    """Writes checkpoint `step` (atomically: all or nothing) and then drops checkpoints beyond `keep`.
+
+    A complete, intact checkpoint at `step` is left as it is (the same step of the same run holds the same
+    state: e.g. Ctrl-C right after a chunk was checkpointed); one that is not intact is set aside first."""
+    import orbax.checkpoint as ocp
+
+    step = int(step)
+    final = self.path(step)
+    if final.exists():
+      problem = self.check(step)
+      if problem is None:
+        return final
+      self.set_aside(step, "corrupt", problem)
+    self.dir.mkdir(parents=True, exist_ok=True)
+    for stale in self.dir.glob(_PARTIAL + "*"):  # left by a process that died mid-save
+      shutil.rmtree(stale, ignore_errors=True)
+    tmp = self.dir / f"{_PARTIAL}{step}-{os.getpid()}"
+    try:
+      tmp.mkdir()
+      empty = [dict(path=jax.tree_util.keystr(p), shape=list(x.shape), dtype=str(x.dtype))
+               for p, x in jax.tree_util.tree_leaves_with_path(state) if _is_empty(x)]
+      with quiet_orbax():
+        ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+        try:
+          ckptr.save(tmp / STATE, args=ocp.args.StandardSave(_without_empty(state)))
+        finally:
+          ckptr.close()
+      for name, data in (files or {}).items():
+        (tmp / name).write_bytes(data)
+      listing = {}
+      for f in _files_under(tmp):
+        _fsync(f)
+        listing[f.relative_to(tmp).as_posix()] = dict(size=f.stat().st_size, sha256=_sha256(f))
+      manifest = dict(format=FORMAT, step=step, files=listing, empty_leaves=empty,
+                      created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+      with open(tmp / MANIFEST, "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+      os.replace(tmp, final)
+      _fsync(self.dir)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    self._prune(keep_step=step)
+    return final
+
+  def _prune(self, keep_step: int) -> None:
+    """Deletes the oldest intact checkpoints beyond `keep` (never `keep_step`, never a newer one)."""
+    older = [s for s in self.steps() if s < keep_step]
+    excess = len(older) + 1 - self.keep
+    for s in older[:max(0, excess)]:
+      shutil.rmtree(self.path(s), ignore_errors=True)
+
+  def set_aside(self, step: int, reason: str, detail: str = "") -> Path:
+    """Moves checkpoint `step` out of the checkpoint directory (kept, never deleted)."""
+    self.set_aside_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest = self.set_aside_dir / f"{step}-{reason}-{stamp}"
+    k = 1
+    while dest.exists():
+      dest = self.set_aside_dir / f"{step}-{reason}-{stamp}.{k}"
+      k += 1
+    shutil.move(str(self.path(step)), str(dest))
+    (dest / "WHY.txt").write_text(f"{reason}: {detail}\n" if detail else f"{reason}\n")
+    return dest
+
+  def set_aside_newer_than(self, step: int) -> list[Path]:
+    """Checkpoints newer than `step` (e.g. when resuming from an older one) move aside: the run continues from
+    `step` and will write its own."""
+    return [self.set_aside(s, "superseded", f"the run was resumed from checkpoint {step}")
+            for s in self.steps() if s > step]
+
+  # --- reading -------------------------------------------------------------------------------------------
+  def restore(self, target: Any = None, step: int | None = None, writable: bool = False
+              ) -> tuple[int, Any, dict[str, bytes]]:
+    """(step, state, extra files) of checkpoint `step`, or of the newest intact one.
+
+    `target`: a pytree of arrays or ShapeDtypeStructs with the saved structure (None: nested dicts of numpy
+    arrays, zero-size leaves left out). Without `step`, a checkpoint that is not intact is skipped with one
+    line, and set aside if `writable`. With `step`, it is an error."""
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.dir}")
+    if step is not None:
+      if int(step) not in steps:
+        raise CheckpointError(f"no checkpoint at step {step}; available: {', '.join(map(str, steps))}")
+      problem = self.check(step)
+      if problem:
+        raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}")
+      candidates = [int(step)]
+    else:
+      candidates = []
+      for s in reversed(steps):
+        problem = self.check(s)
+        if problem is None:
+          candidates.append(s)
+          continue
+        where = f"; moved to {self.set_aside(s, 'corrupt', problem)}" if writable else ""
+        self.warn(f"checkpoint {self.path(s)} is corrupt ({problem}){where}; using an older checkpoint")
+      if not candidates:
+        raise CheckpointError(f"no intact checkpoint in {self.dir} (all of {', '.join(map(str, steps))} are "
+                              "corrupt)")
+    s = candidates[0]
+    if self._is_legacy(s):
+      self.warn(f"checkpoint {self.path(s)} predates integrity manifests: loaded unverified")
+    return s, self._load(s, target), self._extras(s)
+
+  def _load(self, step: int, target: Any):
+    import orbax.checkpoint as ocp
+
+    root = self.path(step)
+    legacy = self._is_legacy(step)
+    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    item = root / (_LEGACY_STATE if legacy else STATE)
+    try:
+      with quiet_orbax():
+        if target is None:
+          return ckptr.restore(item)
+        stored = target if legacy else _without_empty(target)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
+        restored = ckptr.restore(item, args=ocp.args.StandardRestore(abstract))
+      return restored if legacy else _with_empty(target, restored)
+    except Exception as e:  # orbax/tensorstore raise many types; the manifest already vouched for the bytes
+      raise CheckpointError(f"checkpoint {root} does not match this run ({first_line(e)})") from None
+    finally:
+      ckptr.close()
+
+  def _extras(self, step: int) -> dict[str, bytes]:
+    root = self.path(step)
+    if self._is_legacy(step):
+      return {}
+    files = json.loads((root / MANIFEST).read_text())["files"]
+    return {name: (root / name).read_bytes() for name in files if "/" not in name}
