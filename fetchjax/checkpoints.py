@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,16 +92,26 @@ def io_cause(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def quiet_orbax():
-  """Orbax logs every failed background write (with tracebacks) on the absl logger; the caller reports the
-  failure in one line instead."""
+def quiet_orbax(drain_s: float = 0.5):
+  """Orbax logs every failed background write (with tracebacks) on the absl logger, and after a failure its
+  TensorStore callbacks print "Event loop is closed" tracebacks to sys.stderr for a moment; the caller reports the
+  failure in one line instead. On a failure, waits `drain_s` for those callbacks with stderr still captured."""
   logger = logging.getLogger("absl")
   level = logger.level
   logger.setLevel(logging.CRITICAL)
   try:
-    yield
+    with contextlib.redirect_stderr(io.StringIO()):
+      try:
+        yield
+      except Exception:
+        time.sleep(drain_s)
+        raise
   finally:
     logger.setLevel(level)
+
+
+def _nbytes(tree) -> int:
+  return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
 
 
 def io_error_message(e: OSError, what: str) -> str:
@@ -192,6 +205,9 @@ class CheckpointStore:
     self.dir.mkdir(parents=True, exist_ok=True)
     for stale in self.dir.glob(_PARTIAL + "*"):  # left by a process that died mid-save
       shutil.rmtree(stale, ignore_errors=True)
+    need = _nbytes(state) + sum(len(b) for b in (files or {}).values())
+    if need > shutil.disk_usage(self.dir).free:  # fail before writing anything (orbax fails noisily)
+      raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a checkpoint needs {need:,} bytes)", str(self.dir))
     tmp = self.dir / f"{_PARTIAL}{step}-{os.getpid()}"
     try:
       tmp.mkdir()

@@ -64,7 +64,7 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
   T = env.max_episode_steps
   stochastic = keys is not None
 
-  def one_seed(policy, key):
+  def one_seed(policy, key, state0):
     def body(carry, t):
       s, k = carry
       k, k_act = jax.random.split(k)
@@ -83,7 +83,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
 
   n_seeds = jax.tree.leaves(policies)[0].shape[0]
   seed_keys = keys if stochastic else jnp.zeros((n_seeds, 2), jnp.uint32)
-  return jax.tree.map(np.asarray, jax.jit(jax.vmap(one_seed))(policies, seed_keys))
+  # state0 is an argument, not a constant baked into the program: the same program serves any eval tasks
+  return jax.tree.map(np.asarray, jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))(policies, seed_keys, state0))
 
 
 def episode_metrics(out: dict, seed_index: int) -> list[dict]:

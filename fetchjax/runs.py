@@ -147,7 +147,8 @@ class RunDir:
       self.write_meta(meta)
     except OSError as e:
       self.remove_new()
-      raise RunError(checkpoints.io_error_message(e, "cannot create the run directory")) from None
+      where = f" (at {e.filename})" if e.filename and Path(e.filename) != self.path else ""
+      raise RunError(f"cannot create the run directory {self.path}: {e.strerror or e}{where}") from None
 
   def remove_new(self) -> None:
     """Removes what `create` made: the directory, or only its contents if it existed (empty) before."""

@@ -591,11 +591,24 @@ def main(argv=None) -> int:
   try:
     return train(rd, plan, meta, quiet=a.quiet, command=command.strip(), compile_cache=cache, resume_step=a.step)
   except runs.RunError as e:
-    print(f"fetchjax.train: error: {e}", file=sys.stderr)
+    print(f"fetchjax.train: error: {e}{_resume_hint(rd)}", file=sys.stderr)
     return 2
   except OSError as e:  # a full disk, a directory that became unwritable, ...
-    print(f"fetchjax.train: error: {checkpoints.io_error_message(e, 'cannot write')}", file=sys.stderr)
+    print(f"fetchjax.train: error: {checkpoints.io_error_message(e, 'cannot write')}{_resume_hint(rd)}",
+          file=sys.stderr)
     return 1
+
+
+def _resume_hint(rd: runs.RunDir) -> str:
+  """For a run that failed while training: where its work is and how to continue."""
+  try:
+    if rd.read_meta().get("status") != "failed" or not rd.checkpoint_steps():
+      return ""
+    step = rd.checkpoint_steps()[-1]
+  except (OSError, runs.RunError):
+    return ""
+  return (f"; the checkpoint at {step:,} steps is intact: fix the cause, then continue with: "
+          f"python -m fetchjax.train --resume {shlex.quote(str(rd.path))}")
 
 
 if __name__ == "__main__":

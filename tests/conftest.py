@@ -1,9 +1,17 @@
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fetchjax  # noqa: F401  (sets XLA flags before JAX initialises)
+from fetchjax import compile_cache
+
+# One persistent compilation cache for the test session, in-process and in the CLIs the tests start: the mjx
+# programs (~1 min each on 2 cores) compile once. Kept in .pytest_cache between local runs; CI starts empty.
+os.environ.setdefault(compile_cache.ENV_VAR, str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
+compile_cache.enable(compile_cache.resolve())
 
 
 @pytest.fixture(scope="session")

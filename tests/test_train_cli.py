@@ -16,13 +16,22 @@ import pytest
 import fetchjax
 from fetchjax import runs, train as fj_train
 
-TINY = ["--n-envs", "4", "--set", "n_steps=64", "--set", "batch_size=128", "--set", "n_epochs=1",
-        "--backend", "cpu", "--quiet"]
+# Every backend goes through the same CLI contract. The mjx programs compile in ~1 min each on a 2-core CPU; the
+# persistent compilation cache (conftest.py) lets the later runs of the same program load it instead.
+BACKENDS = ("cpu", "mjx")
 UPDATE = 4 * 64  # env steps per seed per update
 
 
-def _train(*args):
-  return fj_train.main([*TINY, *args])
+def tiny(backend: str = "cpu") -> list[str]:
+  return ["--n-envs", "4", "--set", "n_steps=64", "--set", "batch_size=128", "--set", "n_epochs=1",
+          "--backend", backend, "--quiet"]
+
+
+TINY = tiny("cpu")
+
+
+def _train(*args, backend: str = "cpu"):
+  return fj_train.main([*tiny(backend), *args])
 
 
 def _ckpt_runner(run_dir):
@@ -30,14 +39,32 @@ def _ckpt_runner(run_dir):
   return step, raw["runner"]
 
 
+_RUN2: dict = {}
+
+
+def _run2(tmp_path_factory, backend):
+  """2 vmapped seeds, 3 updates, eval 10 episodes, 1 video episode (made once per backend)."""
+  if backend not in _RUN2:
+    d = tmp_path_factory.mktemp(f"run_{backend}") / "r"
+    rc = _train("--seeds", "0-1", "--total-steps", str(3 * UPDATE), "--run-dir", str(d), "--eval-episodes", "10",
+                "--video-episodes", "1", backend=backend)
+    assert rc == 0
+    _RUN2[backend] = d
+  return _RUN2[backend]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def run2(request, tmp_path_factory):
+  return _run2(tmp_path_factory, request.param)
+
+
 @pytest.fixture(scope="module")
-def run2(tmp_path_factory):
-  """2 vmapped seeds, 3 updates, eval 10 episodes, 1 video episode."""
-  d = tmp_path_factory.mktemp("run") / "r"
-  rc = _train("--seeds", "0-1", "--total-steps", str(3 * UPDATE), "--run-dir", str(d), "--eval-episodes", "10",
-              "--video-episodes", "1")
-  assert rc == 0
-  return d
+def run2_cpu(tmp_path_factory):
+  return _run2(tmp_path_factory, "cpu")
+
+
+def _backend(run_dir) -> str:
+  return json.loads((Path(run_dir) / "meta.json").read_text())["backend"]
 
 
 def test_run_directory_contract(run2):
@@ -47,6 +74,7 @@ def test_run_directory_contract(run2):
     assert k in meta, k
   assert meta["algo"] == "ppo" and meta["env_id"] == "FetchReachDense-v4" and meta["seeds"] == [0, 1]
   assert meta["status"] == "finished" and meta["config"]["num_envs"] == 4
+  assert meta["backend"] == meta["config"]["backend"] in BACKENDS
   assert meta["versions"]["jax"] and meta["versions"]["mujoco"] == "3.11.0"
   assert runs.RunDir(run2).checkpoint_steps()[-1] == 3 * UPDATE
 
@@ -144,20 +172,29 @@ def test_eval_cli(run2, tmp_path, capsys):
   gym = json.loads(gym_out.read_text())
   assert gym["simulator"].startswith("gymnasium") and gym["checkpoint_steps"] == 3 * UPDATE
   assert gym["aggregate"]["success_rate"] == ref["aggregate"]["success_rate"]
-  assert gym["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"], abs=1e-4)
+  assert gym["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"],
+                                                          abs=GYM_TOL[_backend(run2)][0])
+
+
+# fetchjax's eval vs the same policy in CPU gymnasium-robotics, per episode: (|return|, |final distance|). cpu:
+# float32 observation rounding only. mjx: float32 MJX drifts from C MuJoCo by up to ~3 mm over an episode
+# (docs/PARITY.md: 2.6 mm after 50 slow steps), so an episode's return (a sum of 50 distances) may move by 0.1.
+GYM_TOL = {"cpu": (1e-4, 1e-5), "mjx": (0.1, 5e-3)}
 
 
 def test_fetchjax_eval_matches_gymnasium(run2):
-  """The deterministic eval in fetchjax (cpu backend) and the same policy in CPU gymnasium-robotics, on the
-  book's tasks (reset seeds 0..9): the same episodes up to float32 observation rounding."""
+  """The deterministic eval in fetchjax and the same policy in CPU gymnasium-robotics, on the book's tasks
+  (reset seeds 0..9): the same episodes up to the backend's tolerance (GYM_TOL)."""
   from fetchjax import eval as fj_eval
 
+  ret_tol, dist_tol = GYM_TOL[_backend(run2)]
   ours = json.loads((run2 / "eval.json").read_text())["per_seed"][1]["per_episode"]
   ref = fj_eval.gymnasium_episodes(fetchjax.load_policy(run2, 1), "FetchReachDense-v4", 10, 0)
   for a, b in zip(ours, ref):
-    assert a["success"] == b["success"]
-    assert abs(a["return"] - b["return"]) < 1e-4
-    assert abs(a["final_distance"] - b["final_distance"]) < 1e-5
+    if abs(b["final_distance"] - 0.05) > dist_tol:  # a success can only flip within the tolerance of 5 cm
+      assert a["success"] == b["success"]
+    assert abs(a["return"] - b["return"]) < ret_tol
+    assert abs(a["final_distance"] - b["final_distance"]) < dist_tol
   assert len({round(e["return"], 3) for e in ref}) > 1  # different tasks per episode
 
 
@@ -180,16 +217,40 @@ def _assert_same_runs(a, b):
   return sa, ra
 
 
-def test_resume_is_bitwise(tmp_path):
-  """A run paused after 2 of 4 updates and resumed ends with the same bits as the uninterrupted run."""
-  a, b = tmp_path / "a", tmp_path / "b"
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_is_bitwise(tmp_path, backend, monkeypatch):
+  """A run paused after 2 of 4 updates and resumed (cpu), and one stopped by Ctrl-C right after its first
+  checkpoint and resumed (every backend), end with the same bits as the uninterrupted run (every leaf of the runner state, env state
+  included, and every metric)."""
+  import os
+  import signal
+
+  a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
   common = ["--seeds", "0-1", "--total-steps", str(4 * UPDATE), "--eval-episodes", "0", "--video-episodes", "0"]
-  assert _train(*common, "--run-dir", str(a)) == 0
-  assert _train(*common, "--run-dir", str(b), "--pause-at", str(2 * UPDATE)) == 0
-  assert json.loads((b / "meta.json").read_text())["status"] == "paused"
-  assert runs.RunDir(b).checkpoint_steps()[-1] == 2 * UPDATE
-  assert fj_train.main(["--resume", str(b), "--quiet", "--eval-episodes", "0", "--video-episodes", "0"]) == 0
-  assert _assert_same_runs(a, b)[0] == 4 * UPDATE
+  resume = ["--quiet", "--eval-episodes", "0", "--video-episodes", "0"]
+  assert _train(*common, "--run-dir", str(a), backend=backend) == 0
+  if backend == "cpu":  # --pause-at is backend-independent; on mjx each run costs ~40 s of tracing on 2 cores
+    assert _train(*common, "--run-dir", str(b), "--pause-at", str(2 * UPDATE), backend=backend) == 0
+    assert json.loads((b / "meta.json").read_text())["status"] == "paused"
+    assert runs.RunDir(b).checkpoint_steps()[-1] == 2 * UPDATE
+    assert fj_train.main(["--resume", str(b), *resume]) == 0
+    assert _assert_same_runs(a, b)[0] == 4 * UPDATE
+
+  real, calls = runs.RunDir.save_checkpoint, []
+
+  def save_then_ctrl_c(self, *args, **kw):
+    real(self, *args, **kw)
+    calls.append(1)
+    if len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  monkeypatch.setattr(runs.RunDir, "save_checkpoint", save_then_ctrl_c)
+  assert _train(*common, "--run-dir", str(c), backend=backend) == 130
+  monkeypatch.setattr(runs.RunDir, "save_checkpoint", real)
+  meta = json.loads((c / "meta.json").read_text())
+  assert meta["status"] == "interrupted" and runs.RunDir(c).checkpoint_steps() == [UPDATE]
+  assert fj_train.main(["--resume", str(c), *resume]) == 0
+  _assert_same_runs(a, c)
 
 
 # SAC + HER through the same CLI: 2 envs x 50 steps per iteration, warm-up 100 steps, tiny nets.
@@ -300,20 +361,20 @@ def test_bad_input_is_one_line(args, message, tmp_path):
   assert not (tmp_path / "x").exists()  # a failed start leaves no run directory behind
 
 
-def test_existing_run_dir_is_never_overwritten(run2, tmp_path):
+def test_existing_run_dir_is_never_overwritten(run2_cpu, tmp_path):
   d = tmp_path / "copy"
-  shutil.copytree(run2, d)
+  shutil.copytree(run2_cpu, d)
   before = (d / "meta.json").read_text()
   assert _train("--run-dir", str(d)) == 2
   assert (d / "meta.json").read_text() == before
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(run2, tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(run2_cpu, tmp_path, capsys):
   """Issue 14: 100 bytes overwritten in the newest checkpoint used to load silently (and the resume then deleted
   the last good one). Now: one line says so, the bad one is set aside (kept), the run resumes from the older
   intact checkpoint and ends bit-identical to the untouched run."""
   d = tmp_path / "corrupt"
-  shutil.copytree(run2, d)
+  shutil.copytree(run2_cpu, d)
   steps = runs.RunDir(d).checkpoint_steps()
   assert steps == [2 * UPDATE, 3 * UPDATE]
   data = [f for f in (d / "checkpoints" / str(steps[-1]) / "state").rglob("*") if f.is_file()
@@ -326,12 +387,12 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(run2, tmp_path, 
   err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(err) == 1 and "corrupt" in err[0] and "checkpoints_set_aside" in err[0], err
   assert len(list((d / "checkpoints_set_aside").iterdir())) == 1
-  _assert_same_runs(run2, d)
+  _assert_same_runs(run2_cpu, d)
 
 
-def test_all_checkpoints_corrupt_is_one_line(run2, tmp_path, capsys):
+def test_all_checkpoints_corrupt_is_one_line(run2_cpu, tmp_path, capsys):
   d = tmp_path / "corrupt"
-  shutil.copytree(run2, d)
+  shutil.copytree(run2_cpu, d)
   for f in (d / "checkpoints").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and f.name != "manifest.json":
       f.write_bytes(b"garbage")
