@@ -35,6 +35,11 @@ P1_MARGIN_ABS, P1_MARGIN_REL = 1.0, 0.1
 P2_MIN_STEPS, P2_WINDOW_STEPS = 200_000, 50_000
 P3_MAX, P3_EARLY_STEPS = 100.0, 50_000
 P4_MAX = 0.05
+# A converged PPO policy keeps sharpening (std falls), and its per-update KL rises past 0.05 with nothing wrong:
+# the book's 500k FetchReachDense-v4 run (README default, 2026-11-30) stays at 0.005-0.04 while it learns, then
+# reaches a median of 0.051 only after 30 updates at training success 1.00. P4 is about updates too large to learn
+# from, so it is not reported while the training success rate is at or above this.
+P4_CONVERGED = 0.95
 P5_MIN = 0.8
 P6_MAX, P6_UPDATES = 1e-3, 3
 P7_RATIO, P7_EARLY_FRAC, P7_EARLY_STEPS = 0.1, 0.25, 250_000
@@ -89,7 +94,8 @@ RULES: dict[str, Rule] = {r.id: r for r in [
          "reward scale or wrong GAE returns (returns should lie in ~[−50, 0])", "check the rewards and GAE/returns",
          "L2814–2818"),
     Rule("P4", "KL too large", "train/approx_kl",
-         f"median of the last {WINDOW} updates > {P4_MAX:g} (healthy < 0.03)",
+         f"median of the last {WINDOW} updates > {P4_MAX:g} (healthy < 0.03) while the median training success "
+         f"rate of those updates is below {P4_CONVERGED:g} (a converged policy sharpening is not a finding)",
          "learning rate too high", "lr 3e-4 → 1e-4 or n_epochs 10 → 5", "L2820–2824, L2743"),
     Rule("P5", "clipping saturated", "train/clip_fraction",
          f"> {P5_MIN:g} in each of the last {WINDOW} updates (book: ≈ 1.0 every update; healthy 0.1–0.3)",
@@ -257,9 +263,10 @@ def _p3(x, steps, c):
   return cond, val, P3_MAX, lambda v: f"value_loss {v:.4g} > {P3_MAX:g} (median so far, early in training)"
 
 
-def _p4(x, steps, c):
+def _p4(x, success, steps, c):
   val = _last_k(x, WINDOW, np.median)
-  return val > P4_MAX, val, P4_MAX, lambda v: f"approx_kl {v:.3g} > {P4_MAX:g} (median of the last {WINDOW} " \
+  converged = _last_k(success, WINDOW, np.nanmedian) >= P4_CONVERGED  # NaN (no episode ended yet): not converged
+  return (val > P4_MAX) & ~converged, val, P4_MAX, lambda v: f"approx_kl {v:.3g} > {P4_MAX:g} (median of the last {WINDOW} " \
                                               f"updates; lr {c['lr']:g}, n_epochs {c['n_epochs']})"
 
 
@@ -353,6 +360,7 @@ def check_ppo(history: dict, steps, config=None, env_id: str | None = None) -> l
            clip_range=getattr(config, "clip_range", 0.2), ent_coef=getattr(config, "ent_coef", 0.0),
            log_std_init=getattr(config, "log_std_init", 0.0))
   checks = {k: ((m,), fn) for k, (m, fn) in _PPO_CHECKS.items()}
+  checks["P4"] = (("approx_kl", "success_rate"), _p4)
   return _per_seed(history, steps, checks, lambda h: {k: True for k in NAN_OK}, c)
 
 

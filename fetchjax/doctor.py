@@ -71,12 +71,37 @@ def _one_line(e: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Steps: each returns (status, detail, data) or raises (-> FAIL with the exception's first line)
 # ----------------------------------------------------------------------------------------------------------
+# The jax/jaxlib series fetchjax is tested with: 0.10 (CI: Python 3.11) and 0.11 (Python >= 3.12; 0.11.2 on a
+# CPU here and in the H200 image). README "Versions" says what works where.
+TESTED_JAX_SERIES = ((0, 10), (0, 11))
+
+
+def version_notes(v: dict) -> list[str]:
+  """Warnings about the installed versions (pure: tested with made-up version dicts)."""
+  from fetchjax.xla_flags import parse_version
+
+  notes = []
+  jax_v, jaxlib_v = parse_version(v.get("jax")), parse_version(v.get("jaxlib"))
+  if jax_v and jaxlib_v and jax_v[:2] != jaxlib_v[:2]:
+    notes.append(f"jax {v['jax']} with jaxlib {v['jaxlib']}: install matching versions")
+  if jaxlib_v and jaxlib_v[:2] not in TESTED_JAX_SERIES:
+    tested = ", ".join(f"{a}.{b}" for a, b in TESTED_JAX_SERIES)
+    notes.append(f"jaxlib {v['jaxlib']} is outside the tested series ({tested}.x)")
+  if v.get("mujoco") != v.get("mujoco-mjx") or v.get("mujoco") != PINNED_MUJOCO:
+    notes.append(f"mujoco {v.get('mujoco')} / mujoco-mjx {v.get('mujoco-mjx')} differ from the validated "
+                 f"{PINNED_MUJOCO} (pip install -e . pins it)")
+  return notes
+
+
 def check_device(ctx: Context):
+  import os
+
   d = jax.devices()[0]
   info = runs.device_info()
   v = runs.versions()
-  names = ("jax", "jaxlib", "mujoco", "mujoco-mjx", "gymnasium-robotics")  # all of them go to doctor.json
+  names = ("python", "jax", "jaxlib", "mujoco", "mujoco-mjx", "gymnasium-robotics")  # all of them to doctor.json
   versions = ", ".join(f"{k} {v.get(k) or 'MISSING'}" for k in names)
+  versions += f"; XLA_FLAGS {os.environ.get('XLA_FLAGS') or '(none)'}"
   data = {"platform": d.platform, "device": getattr(d, "device_kind", str(d)), "count": jax.device_count(),
           "x64": info["x64"], "versions": v}
   where = f"{d.platform} ({data['device']}, {data['count']} device(s))"
@@ -86,10 +111,7 @@ def check_device(ctx: Context):
   missing = [k for k in ("jax", "mujoco", "mujoco-mjx", "gymnasium-robotics") if not v.get(k)]
   if missing:
     return "FAIL", f"{', '.join(missing)} not installed ({versions})", data
-  problems = []
-  if v["mujoco"] != v["mujoco-mjx"] or v["mujoco"] != PINNED_MUJOCO:
-    problems.append(f"mujoco {v['mujoco']} / mujoco-mjx {v['mujoco-mjx']} differ from the validated "
-                    f"{PINNED_MUJOCO} (pip install -e . pins it)")
+  problems = version_notes(v)
   if d.platform == "cpu":
     problems.insert(0, "CPU only (JAX sees no accelerator; training uses C MuJoCo on host threads)")
   detail = f"{where}, x64 off; {versions}"

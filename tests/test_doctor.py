@@ -96,3 +96,15 @@ def test_bad_flags_and_existing_output(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("fetchjax.doctor: error:") and msg in lines[0] and "Traceback" not in r.stderr
+
+
+def test_version_notes():
+  from fetchjax import doctor
+
+  ok = {"jax": "0.10.2", "jaxlib": "0.10.2", "mujoco": doctor.PINNED_MUJOCO, "mujoco-mjx": doctor.PINNED_MUJOCO}
+  assert doctor.version_notes(ok) == []
+  assert doctor.version_notes({**ok, "jax": "0.11.2", "jaxlib": "0.11.2"}) == []
+  notes = doctor.version_notes({**ok, "jax": "0.12.0", "jaxlib": "0.12.0"})
+  assert len(notes) == 1 and "outside the tested series (0.10, 0.11.x)" in notes[0]
+  assert "install matching versions" in doctor.version_notes({**ok, "jax": "0.11.2"})[0]
+  assert "differ from the validated" in doctor.version_notes({**ok, "mujoco": "3.17.0"})[0]
