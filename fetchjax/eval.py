@@ -269,4 +269,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:  # before a run exists (training handles its own interrupts)
+    print("fetchjax.eval: interrupted", file=sys.stderr)
+    sys.exit(130)

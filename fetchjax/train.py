@@ -612,4 +612,8 @@ def _resume_hint(rd: runs.RunDir) -> str:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:  # before a run exists (training handles its own interrupts)
+    print("fetchjax.train: interrupted", file=sys.stderr)
+    sys.exit(130)
