@@ -278,6 +278,7 @@ class _Session:
   def __init__(self, rd: runs.RunDir, plan: Plan, fresh: bool, quiet: bool):
     self.rd, self.plan, self.fresh, self.quiet = rd, plan, fresh, quiet
     self.created = False       # this process made the run directory
+    self.started = False       # it made or resumed the run (meta.json says "running")
     self.progress: _Progress | None = None
     self.per_update = plan.config.rollout_size
 
@@ -321,8 +322,8 @@ def train(rd: runs.RunDir, plan: Plan, meta: dict | None, quiet: bool = False, c
       status = "interrupted"
     except BaseException:
       with stop.critical():
-        if (session.created or not session.fresh) and not session.remove_if_untrained():
-          session.set_status("failed")  # a run this process made or resumed (never someone else's directory)
+        if session.started and not session.remove_if_untrained():
+          session.set_status("failed")  # only a run this process made or resumed (a refused resume changes nothing)
       raise
     if status == "interrupted":
       with stop.critical():
@@ -378,7 +379,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
                 command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
     with stop.critical():
       rd.create(meta)
-      session.created = True
+      session.created = session.started = True
     if num_updates * per_update != cfg.total_timesteps:
       say(f"note: {cfg.total_timesteps:,} steps is not a whole number of {per_update:,}-step iterations "
           f"({cfg.num_envs} envs x {per_update // cfg.num_envs} steps); training {num_updates * per_update:,} "
@@ -404,6 +405,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       meta = rd.update_meta(total_steps=cfg.total_timesteps, config=dataclasses.asdict(cfg), status="running",
                             compile_cache=compile_cache,
                             resumed_at=meta.get("resumed_at", []) + [dict(step=ckpt_step, at=runs.now())])
+      session.started = True
     say(f"resuming {rd.path} at {ckpt_step:,} / {cfg.total_timesteps:,} steps per seed")
     if done >= num_updates:
       say("nothing to train: the run is complete (pass a larger --total-steps to extend it)")

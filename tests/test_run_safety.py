@@ -182,6 +182,7 @@ def test_resume_from_an_older_step(full4, tmp_path, capsys):
   assert _resume(d, "--step", str(UPDATE)) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].endswith("no checkpoint at step 256; available: 768, 1024"), err
+  assert _meta(d)["status"] == "finished"  # a refused resume changes nothing
   assert _resume(d, "--step", str(3 * UPDATE)) == 0
   aside = list((d / "checkpoints_set_aside").iterdir())
   assert len(aside) == 1 and aside[0].name.startswith(f"{4 * UPDATE}-superseded")  # kept, not deleted
