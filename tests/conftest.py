@@ -31,3 +31,25 @@ def task_params(ref):
 
   xy, goal = task_of(ref)
   return xy[None], goal[None]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+  """`tmpfs(size, readonly=False) -> Path`: a small filesystem of its own (full-disk and read-only faults).
+  Needs root, as in CI and on the dev machines; elsewhere the test is skipped."""
+  import subprocess
+
+  made = []
+
+  def make(size: str, readonly: bool = False) -> Path:
+    mnt = tmp_path / f"tmpfs{len(made)}"
+    mnt.mkdir()
+    opts = f"size={size}" + (",ro" if readonly else "")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True).returncode:
+      pytest.skip("cannot mount a tmpfs here (needs root)")
+    made.append(mnt)
+    return mnt
+
+  yield make
+  for m in made:
+    subprocess.run(["umount", "-l", str(m)], capture_output=True)

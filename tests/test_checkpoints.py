@@ -1,9 +1,6 @@
 """fetchjax.checkpoints: any backend's state round-trips exactly; corruption is detected, reported in one line and
 never loads; no intact checkpoint is deleted before a newer one is complete."""
 import json
-import os
-import shutil
-import subprocess
 
 import flax.struct
 import jax
@@ -196,24 +193,8 @@ def test_rundir_restore_reports_missing_step_with_the_available_ones(tmp_path):
   assert step == 4 and list(steps) == [4] and hist["m"].shape == (1, 1)
 
 
-def _mount_tmpfs(path, size: str, options: str = "") -> bool:
-  path.mkdir(parents=True, exist_ok=True)
-  r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{',' + options if options else ''}", "tmpfs",
-                      str(path)], capture_output=True)
-  return r.returncode == 0
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-  """A 64 KiB filesystem (tmpfs; needs root, as in CI and the dev machines)."""
-  mnt = tmp_path / "tiny"
-  if not _mount_tmpfs(mnt, "64k"):
-    pytest.skip("cannot mount a tmpfs here (not root)")
-  yield mnt
-  subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def test_full_disk_is_one_line_and_keeps_the_older_checkpoint(tiny_fs):
+def test_full_disk_is_one_line_and_keeps_the_older_checkpoint(tmpfs):
+  tiny_fs = tmpfs("64k")
   rd = runs.RunDir(tiny_fs / "run")
   rd.create({"algo": "ppo"})
   small = {"runner": {"w": jnp.ones(4)}}

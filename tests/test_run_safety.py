@@ -219,37 +219,15 @@ def test_unwritable_run_dir_is_one_line():
   assert "/proc/fetchjax-test/run" in line
 
 
-def _mount_tmpfs(path: Path, size: str, readonly=False) -> bool:
-  path.mkdir(parents=True, exist_ok=True)
-  opts = f"size={size}" + (",ro" if readonly else "")
-  return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def mount(tmp_path):
-  made = []
-
-  def make(size, readonly=False):
-    mnt = tmp_path / f"mnt{len(made)}"
-    if not _mount_tmpfs(mnt, size, readonly):
-      pytest.skip("cannot mount a tmpfs here (needs root, as in CI)")
-    made.append(mnt)
-    return mnt
-
-  yield make
-  for m in made:
-    subprocess.run(["umount", "-l", str(m)], capture_output=True)
-
-
-def test_read_only_run_dir_is_one_line(mount):
-  mnt = mount("1m", readonly=True)
+def test_read_only_run_dir_is_one_line(tmpfs):
+  mnt = tmpfs("1m", readonly=True)
   line = _one_error_line(_run_cli("--total-steps", str(UPDATE), "--run-dir", str(mnt / "run")))
   assert str(mnt / "run") in line and "Read-only file system" in line
 
 
-def test_full_disk_is_one_line_and_keeps_what_was_saved(mount):
+def test_full_disk_is_one_line_and_keeps_what_was_saved(tmpfs):
   """Used to print 909 lines and 96 tracebacks with the cause at line 19."""
-  mnt = mount("160k")
+  mnt = tmpfs("160k")
   d = mnt / "run"
   p = _run_cli("--total-steps", str(40 * UPDATE), "--run-dir", str(d), *NO_EVAL, "--checkpoint-every", str(UPDATE))
   line = _one_error_line(p)
