@@ -6,11 +6,11 @@ term in the weld rows (mjx_port_notes.md §1, §10), so the model needs no edit:
 backend (weld `eq_data` edit of `reset_mocap_welds` included). It runs on NVIDIA GPUs and on CPUs (Warp compiles
 its kernels with LLVM there), in float32. No autodiff.
 
-State. The env state (`pipeline_state`) is NOT an `mjx.Data`: it is the part of MuJoCo's state that the next
-`mj_step` reads (mjSTATE_INTEGRATION for these scenes: time, qpos, qvel, qacc_warmstart; ctrl/act are empty and
-the mocap pose is rebuilt from the action), plus the gripper_link pose that the action is added to, plus the
-constraint counts for overflow checks. Every leaf has a leading num_envs axis, so it checkpoints, selects
-(`jnp.where` resets) and vmaps like any array tree. Each step rebuilds a full Warp `mjx.Data` from it; tests show
+State. The env state (`pipeline_state`) is NOT an `mjx.Data`: it is the part of the Data that the next step
+reads (`CARRIED`: mjSTATE_INTEGRATION for these scenes, i.e. time, qpos, qvel, qacc_warmstart, with ctrl/act empty
+and the mocap pose rebuilt from the action, plus three velocity-stage fields MuJoCo Warp reads one stage early),
+plus the gripper_link pose that the action is added to, plus the constraint counts for overflow checks. Every leaf has a leading num_envs axis, so it checkpoints, selects
+(`jnp.where` resets) and vmaps like any array tree. Each step rebuilds a full Warp `mjx.Data` from it; a test shows
 the trajectory is bit-identical to carrying the full Data.
 
 Batching. MuJoCo Warp sizes its contact buffer for all worlds together (`naconmax`) and shares it between
@@ -45,12 +45,31 @@ from fetchjax.envs.tasks import FetchTask
 with contextlib.redirect_stdout(io.StringIO()):  # warp prints its banner / "Failed to import warp" at import
   from mujoco import mjx
   import mujoco.mjx.warp as _mjxw
+from mujoco.mjx._src import math as mjx_math, smooth  # noqa: E402
 
 GRAPH_MODES = ("WARP", "JAX", "WARP_STAGED", "WARP_STAGED_EX", "NONE")
 # Contacts per env: the stock models' C MuJoCo maxima over 20 x 50 biased-random steps (mjx_port_notes.md §3:
 # Reach 11, Push 13; PickAndPlace 25) with headroom; Warp counts margin-band contacts as C does.
 DEFAULT_CONTACTS = {False: 32, True: 48}  # keyed by task.has_object
 DEFAULT_NJMAX = {False: 96, True: 128}  # constraint rows per env (C maxima: Reach 67, Push 72)
+
+
+# The Data fields the next step reads before writing them: mjSTATE_INTEGRATION's time, qpos, qvel, qacc_warmstart
+# (ctrl, act, applied forces are empty/zero here) and the velocity-stage outputs that MuJoCo Warp's constraint
+# stage reads from the PREVIOUS forward: it builds the weld's J̇·v term in fwd_position (make_constraint), before
+# fwd_velocity refreshes cvel/cdof_dot (C MuJoCo computes it after, in mj_referenceConstraint). Carrying them
+# makes a step from the compact state bit-identical to a step from the full Data (tests/test_warp_backend.py).
+CARRIED = ("qpos", "qvel", "qacc_warmstart", "time", "cvel", "cdof_dot", "_impl.subtree_linvel")
+
+
+def _get(d, path: str):
+  for part in path.split("."):
+    d = getattr(d, part)
+  return d
+
+
+def _key(path: str) -> str:
+  return path.split(".")[-1]
 
 
 def warp_available() -> bool:
@@ -64,6 +83,9 @@ class WarpConfig:
   contacts_per_env: int | None = None  # naconmax = contacts_per_env x worlds (default DEFAULT_CONTACTS)
   njmax: int | None = None  # constraint rows per world (default DEFAULT_NJMAX)
   graph_mode: str | None = None  # mjx.warp GraphMode; None = MJX's default (WARP on a GPU, JAX on a CPU)
+  # Recompute cvel/cdof_dot before every substep so the weld's J̇·v term matches C MuJoCo (MuJoCo Warp 3.17 builds
+  # it from the previous substep's). Off: MuJoCo Warp as shipped (~1e-5 m grip error per fast step).
+  fresh_jdotv: bool = True
 
   def __post_init__(self):
     for name in ("contacts_per_env", "njmax"):
@@ -82,7 +104,8 @@ class WarpConfig:
     if isinstance(value, dict):
       unknown = sorted(set(value) - {f.name for f in dataclasses.fields(WarpConfig)})
       if unknown:
-        raise ValueError(f"unknown warp option(s) {unknown}; choose from contacts_per_env, njmax, graph_mode")
+        raise ValueError(f"unknown warp option(s) {unknown}; choose from "
+                         f"{', '.join(f.name for f in dataclasses.fields(WarpConfig))}")
       return WarpConfig(**value)
     raise ValueError(f"warp options must be a WarpConfig or a dict, got {type(value).__name__}")
 
@@ -159,16 +182,16 @@ class WarpPhysics:
     impl = tmpl._impl.replace(**{k: jnp.broadcast_to(row, shape) for k, (row, shape) in shared.items()})  # pylint: disable=protected-access
     d0 = tmpl.replace(_impl=impl)
 
-    def one(qpos, qvel, warm, time):
-      return d0.replace(qpos=qpos, qvel=qvel, qacc_warmstart=warm, time=time)
+    def one(x):
+      return d0.tree_replace({path: x[_key(path)] for path in CARRIED})
 
-    return jax.vmap(one)(st["qpos"], st["qvel"], st["qacc_warmstart"], st["time"])
+    return jax.vmap(one)({_key(p): st[_key(p)] for p in CARRIED})
 
   def _compact(self, d) -> dict:
     g = self.ids.gripper_body
     n = d.qpos.shape[0]
     impl = d._impl  # pylint: disable=protected-access
-    return {"qpos": d.qpos, "qvel": d.qvel, "qacc_warmstart": d.qacc_warmstart, "time": d.time,
+    return {**{_key(p): _get(d, p) for p in CARRIED},
             "gripper_pose": jnp.concatenate([d.xpos[:, g], d.xquat[:, g]], axis=-1),
             "nefc": impl.nefc.astype(jnp.int32).reshape(n),
             "nacon": jnp.broadcast_to(impl.nacon.astype(jnp.int32).reshape(-1)[0], (n,))}
@@ -189,29 +212,72 @@ class WarpPhysics:
   def _observe(self, d):
     return jax.vmap(self.observer)(d)
 
-  def _reset_flat(self, object_xy):
+  def _velocity_stage(self, d):
+    """cvel and cdof_dot of the current qpos/qvel (C's mj_comVel), so that MuJoCo Warp's weld J̇·v term, which it
+    builds in the position stage from the PREVIOUS substep's cvel/cdof_dot, uses this substep's, as C does.
+    Kinematics and com_pos run as Warp kernels; the velocity pass is a static loop over the bodies in JAX."""
+    d = jax.vmap(smooth.com_pos, in_axes=(None, 0))(self.m, jax.vmap(smooth.kinematics, in_axes=(None, 0))(self.m, d))
+    cvel, cdof_dot = jax.vmap(self._com_vel)(d.cdof, d.qvel)
+    return d.replace(cvel=cvel, cdof_dot=cdof_dot)
+
+  def _com_vel(self, cdof, qvel):
+    """mj_comVel for one world: body spatial velocities (com-based) and cdof_dot, body by body (parents first)."""
+    mj = self.mj
+    cvel = [jnp.zeros(6, cdof.dtype)] * mj.nbody
+    cdof_dot = [None] * mj.nv
+    for b in range(1, mj.nbody):
+      cv = cvel[int(mj.body_parentid[b])]
+      for j in range(int(mj.body_jntadr[b]), int(mj.body_jntadr[b]) + int(mj.body_jntnum[b])):
+        adr, typ = int(mj.jnt_dofadr[j]), int(mj.jnt_type[j])
+        if typ == int(mujoco.mjtJoint.mjJNT_FREE):
+          for k in range(3):  # translational dofs: cdof_dot = 0
+            cdof_dot[adr + k] = jnp.zeros(6, cdof.dtype)
+          cv = cv + cdof[adr:adr + 3].T @ qvel[adr:adr + 3]
+          adr, typ = adr + 3, int(mujoco.mjtJoint.mjJNT_BALL)
+        if typ == int(mujoco.mjtJoint.mjJNT_BALL):
+          for k in range(3):
+            cdof_dot[adr + k] = mjx_math.motion_cross(cv, cdof[adr + k])
+          cv = cv + cdof[adr:adr + 3].T @ qvel[adr:adr + 3]
+        else:  # hinge, slide
+          cdof_dot[adr] = mjx_math.motion_cross(cv, cdof[adr])
+          cv = cv + cdof[adr] * qvel[adr]
+      cvel[b] = cv
+    return jnp.stack(cvel), jnp.stack(cdof_dot)
+
+  def _reset_data(self, object_xy):
+    """mj_resetData + the reset qpos/qvel/time (object xy given) + mj_forward, for a flat batch of worlds."""
     n, rs = object_xy.shape[0], self._reset
     qpos = jnp.broadcast_to(jnp.asarray(rs.qpos, jnp.float32), (n, self.mj.nq))
     if self.task.has_object:
       adr = self.ids.object_qposadr
       qpos = qpos.at[:, adr:adr + 2].set(object_xy.astype(jnp.float32))
-    st = {"qpos": qpos, "qvel": jnp.broadcast_to(jnp.asarray(rs.qvel, jnp.float32), (n, self.mj.nv)),
-          "qacc_warmstart": jnp.zeros((n, self.mj.nv), jnp.float32),
-          "time": jnp.full((n,), rs.time, jnp.float32)}
-    d = self._forward(self._data(st))  # mj_resetData + initial state + mj_forward
+    tmpl, _ = self._template(n)
+    st = {_key(p): jnp.broadcast_to(_get(tmpl, p), (n,) + _get(tmpl, p).shape) for p in CARRIED}
+    st.update(qpos=qpos, qvel=jnp.broadcast_to(jnp.asarray(rs.qvel, jnp.float32), (n, self.mj.nv)),
+              time=jnp.full((n,), rs.time, jnp.float32))
+    return self._forward(self._data(st))
+
+  def _step_data(self, d, action, gripper_pose):
+    """One env step of a flat batch of worlds: mocap target, 20 substeps, blocked fingers, mj_forward."""
+    # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
+    d = d.replace(mocap_pos=(gripper_pose[:, :3] + action[:, :3] * 0.05)[:, None],
+                  mocap_quat=(gripper_pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0], jnp.float32))[:, None])
+    step = jax.vmap(mjx.step, in_axes=(None, 0))
+    if self.config.fresh_jdotv:
+      substep = lambda _, x: step(self.m, self._velocity_stage(x))  # noqa: E731
+    else:
+      substep = lambda _, x: step(self.m, x)  # noqa: E731
+    d = jax.lax.fori_loop(0, self.task.n_substeps, substep, d)
+    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
+      d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
+    return self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+
+  def _reset_flat(self, object_xy):
+    d = self._reset_data(object_xy)
     return (self._compact(d), *self._observe(d))
 
   def _step_flat(self, st, action):
-    d = self._data(st)
-    # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
-    pose = st["gripper_pose"]
-    d = d.replace(mocap_pos=(pose[:, :3] + action[:, :3] * 0.05)[:, None],
-                  mocap_quat=(pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0], jnp.float32))[:, None])
-    step = jax.vmap(mjx.step, in_axes=(None, 0))
-    d = jax.lax.fori_loop(0, self.task.n_substeps, lambda _, x: step(self.m, x), d)
-    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
-      d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
-    d = self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+    d = self._step_data(self._data(st), action, st["gripper_pose"])
     return (self._compact(d), *self._observe(d))
 
   # --- batched interface ---------------------------------------------------------------------------------
