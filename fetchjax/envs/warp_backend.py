@@ -251,8 +251,7 @@ class WarpPhysics:
     if self.task.has_object:
       adr = self.ids.object_qposadr
       qpos = qpos.at[:, adr:adr + 2].set(object_xy.astype(jnp.float32))
-    tmpl, _ = self._template(n)
-    st = {_key(p): jnp.broadcast_to(_get(tmpl, p), (n,) + _get(tmpl, p).shape) for p in CARRIED}
+    st = self._initial(n)
     st.update(qpos=qpos, qvel=jnp.broadcast_to(jnp.asarray(rs.qvel, jnp.float32), (n, self.mj.nv)),
               time=jnp.full((n,), rs.time, jnp.float32))
     return self._forward(self._data(st))
@@ -271,6 +270,16 @@ class WarpPhysics:
     if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
       d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
     return self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+
+  def observe_states(self, qpos, qvel):
+    """(observation, achieved goal) of given MuJoCo states [n, nq], [n, nv] after mj_forward (parity checks)."""
+    st = self._initial(qpos.shape[0])
+    st.update(qpos=qpos.astype(jnp.float32), qvel=qvel.astype(jnp.float32))
+    return self._observe(self._forward(self._data(st)))
+
+  def _initial(self, n: int) -> dict:
+    tmpl, _ = self._template(n)
+    return {_key(p): jnp.broadcast_to(_get(tmpl, p), (n,) + _get(tmpl, p).shape) for p in CARRIED}
 
   def _reset_flat(self, object_xy):
     d = self._reset_data(object_xy)
