@@ -17,6 +17,7 @@ Each function returns a list of `report.Check`. Tolerances and why (docs/PHYSICS
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -204,6 +205,12 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0, 
     seeds = f"reset seeds {seed + 7}, {seed + 107}, ..."
     for h in HORIZONS:
       free = ~touched[:, h - 1] if backend == "mjx" else np.ones(n_episodes, bool)
+      if backend == "warp" and kind == "scripted push":  # no bound: judged by the scripted success rate
+        out.append(Check("trajectories", f"{backend}: {kind} actions, {what}, step {h}", float(vals[:, h - 1].max()),
+                         math.nan, env_id, "m", f"max over {n_episodes} episodes ({seeds}); informational: the "
+                         "reference's actions replayed open-loop through block contact diverge chaotically in "
+                         "float32 (bounded until contact below; success rates under 'scripted')", info=True))
+        continue
       if free.any():
         out.append(Check("trajectories", f"{backend}: {kind} actions, {what}, step {h}", float(vals[free, h - 1].max()),
                          tol, env_id, "m" if backend != "cpu" else "m or rad",

@@ -150,7 +150,13 @@ class WarpPhysics:
     self.njmax = self.config.njmax or DEFAULT_NJMAX[task.has_object]
     graph_mode = None if self.config.graph_mode is None else getattr(_mjxw.types.GraphMode, self.config.graph_mode)
     with contextlib.redirect_stdout(io.StringIO()):
-      self.m = mjx.put_model(self.mj, impl="warp", graph_mode=graph_mode)
+      m = mjx.put_model(self.mj, impl="warp", graph_mode=graph_mode)
+    # MuJoCo Warp prints (from inside its kernels) when a buffer overflows (kept: raise contacts_per_env/njmax) and
+    # when the solver hits its iteration caps. The latter is routine here: in float32 the XML's tolerance 1e-8 is
+    # rarely met once contacts are active, so the solve runs to the cap (8 with physics="fast"); not printed.
+    ot = _mjxw.mjwp_types.OverflowType
+    quiet = int(m.opt._impl.warn_overflow) & ~int(ot.ITERATIONS | ot.LS_ITERATIONS)  # pylint: disable=protected-access
+    self.m = m.tree_replace({"opt._impl.warn_overflow": quiet})
     self.observer = Observer(task, self.mj)
     self._reset = reset
     self._fq = np.array(self.ids.finger_qposadr)
