@@ -160,7 +160,7 @@ class WarpPhysics:
     self.observer = Observer(task, self.mj)
     self._reset = reset
     self._fq = np.array(self.ids.finger_qposadr)
-    self._step_worlds = _worlds(self._step_flat)
+    self._step_worlds = _worlds(self._step_and_reset_flat)
     self._reset_worlds = _worlds(self._reset_flat)
 
   # --- the compact state <-> Warp data ---------------------------------------------------------------
@@ -300,10 +300,15 @@ class WarpPhysics:
     return self._reset_worlds(jnp.asarray(object_xy, jnp.float32))
 
   def step(self, state, action, reset_mask, reset_xy):
-    st, obs, ag = self._step_worlds(state, action.astype(jnp.float32))
+    return self._step_worlds(state, action.astype(jnp.float32), reset_mask, jnp.asarray(reset_xy, jnp.float32))
+
+  def _step_and_reset_flat(self, state, action, reset_mask, reset_xy):
+    """The step with auto-reset on one flat batch of worlds (inside `_worlds`, so the cond below sees a plain
+    predicate even when the caller vmaps over seeds: a batched predicate would run the reset on every step)."""
+    st, obs, ag = self._step_flat(state, action)
 
     def with_reset(_):
-      st_r, obs_r, ag_r = self.reset(reset_xy)
+      st_r, obs_r, ag_r = self._reset_flat(reset_xy)
       pick = lambda a, b: jnp.where(reset_mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
       st_n = jax.tree.map(pick, st_r, st)
       st_n["nacon"], st_n["nefc"] = st["nacon"], st["nefc"]  # the step's counts (the reset's are smaller)
@@ -312,7 +317,6 @@ class WarpPhysics:
     # Episodes are synchronous (fixed length), so most steps skip the reset computation entirely.
     st_next, obs_next, ag_next = jax.lax.cond(jnp.any(reset_mask), with_reset, lambda _: (st, obs, ag), None)
     return st_next, obs_next, ag_next, obs, ag
-
 
 def copy_model(m: mujoco.MjModel) -> mujoco.MjModel:
   """A copy of a compiled model (solver options are set on the copy, never on the shared stock model)."""
