@@ -422,7 +422,12 @@ def _warp_options(items: list[str] | None) -> dict | None:
     key, sep, value = item.partition("=")
     if not sep:
       raise UsageError(f"--warp takes KEY=VALUE items, got {item!r}")
-    if key in ("contacts_per_env", "njmax"):
+    if key == "tolerance":
+      try:
+        out[key] = float(value)
+      except ValueError:
+        raise UsageError(f"--warp tolerance must be a number, got {value!r}") from None
+    elif key in ("contacts_per_env", "njmax", "iterations", "ls_iterations"):
       try:
         out[key] = int(value)
       except ValueError:
@@ -461,7 +466,8 @@ def parse(argv) -> argparse.Namespace:
   p.add_argument("--backends", nargs="+", default=None,
                  help="cpu, mjx and/or warp (default: cpu on CPU; warp,mjx on NVIDIA GPUs; mjx elsewhere)")
   p.add_argument("--warp", nargs="+", default=None, metavar="KEY=VALUE",
-                 help="warp backend knobs: contacts_per_env=N, njmax=N, graph_mode=WARP|JAX|..., fresh_jdotv=true|false")
+                 help="warp backend knobs: contacts_per_env=N, njmax=N, graph_mode=WARP|JAX|..., fresh_jdotv=true|false, "
+                      "iterations=N, ls_iterations=N, tolerance=X")
   p.add_argument("--steps", type=int, default=None,
                  help="env steps per env per timed call (default 50 envs; train: 64 = PPO n_steps, SAC 1 episode)")
   p.add_argument("--repeats", type=int, default=1, help="timed calls per measurement, fastest kept (default 1)")

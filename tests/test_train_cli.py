@@ -20,12 +20,22 @@ from fetchjax import runs, train as fj_train
 # persistent compilation cache (conftest.py) lets the later runs of the same program load it instead. warp: MJX-Warp
 # on the stock model (each program ~10-20 s to compile; Warp's kernels are cached on disk).
 BACKENDS = ("cpu", "mjx", "warp")
-UPDATE = 4 * 64  # env steps per seed per update
+# Rollout length per backend: warp on a CPU costs ~0.2 s per env step whatever the batch (kernel launches), so its
+# runs take shorter rollouts; the contract is the same.
+N_STEPS = {"cpu": 64, "mjx": 64, "warp": 32}  # warp: 3 updates still finish an episode (50 steps)
+
+
+def update(backend: str = "cpu") -> int:
+  """Env steps per seed per update."""
+  return 4 * N_STEPS[backend]
+
+
+UPDATE = update("cpu")
 
 
 def tiny(backend: str = "cpu") -> list[str]:
-  return ["--n-envs", "4", "--set", "n_steps=64", "--set", "batch_size=128", "--set", "n_epochs=1",
-          "--backend", backend, "--quiet"]
+  return ["--n-envs", "4", "--set", f"n_steps={N_STEPS[backend]}", "--set", f"batch_size={min(128, update(backend))}",
+          "--set", "n_epochs=1", "--backend", backend, "--quiet"]
 
 
 TINY = tiny("cpu")
@@ -47,7 +57,7 @@ def _run2(tmp_path_factory, backend):
   """2 vmapped seeds, 3 updates, eval 10 episodes, 1 video episode (made once per backend)."""
   if backend not in _RUN2:
     d = tmp_path_factory.mktemp(f"run_{backend}") / "r"
-    rc = _train("--seeds", "0-1", "--total-steps", str(3 * UPDATE), "--run-dir", str(d), "--eval-episodes", "10",
+    rc = _train("--seeds", "0-1", "--total-steps", str(3 * update(backend)), "--run-dir", str(d), "--eval-episodes", "10",
                 "--video-episodes", "1", backend=backend)
     assert rc == 0
     _RUN2[backend] = d
@@ -70,6 +80,7 @@ def _backend(run_dir) -> str:
 
 def test_run_directory_contract(run2):
   meta = json.loads((run2 / "meta.json").read_text())
+  UPDATE = update(meta["backend"])  # noqa: N806
   for k in ("algo", "env_id", "seeds", "total_steps", "n_envs", "config", "device", "versions", "git_commit",
             "created_at", "training_time_sec", "steps_per_sec", "compile_time_sec"):
     assert k in meta, k
@@ -142,7 +153,7 @@ def test_load_policy_drives_gymnasium(run2):
 
   gym.register_envs(gymnasium_robotics)
   pol = fetchjax.load_policy(run2, seed_index=1)
-  assert pol.seed == 1 and pol.step == 3 * UPDATE
+  assert pol.seed == 1 and pol.step == 3 * update(_backend(run2))
   env = gym.make("FetchReachDense-v4")
   obs, _ = env.reset(seed=0)
   a = pol(obs)
@@ -171,7 +182,7 @@ def test_eval_cli(run2, tmp_path, capsys):
   assert fj_eval.main(["--run-dir", str(run2), "--n-episodes", "10", "--sim", "gymnasium",
                        "--json-out", str(gym_out)]) == 0
   gym = json.loads(gym_out.read_text())
-  assert gym["simulator"].startswith("gymnasium") and gym["checkpoint_steps"] == 3 * UPDATE
+  assert gym["simulator"].startswith("gymnasium") and gym["checkpoint_steps"] == 3 * update(_backend(run2))
   assert gym["aggregate"]["success_rate"] == ref["aggregate"]["success_rate"]
   assert gym["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"],
                                                           abs=GYM_TOL[_backend(run2)][0])
@@ -228,6 +239,7 @@ def test_resume_is_bitwise(tmp_path, backend, monkeypatch):
   import signal
 
   a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+  UPDATE = update(backend)  # noqa: N806
   common = ["--seeds", "0-1", "--total-steps", str(4 * UPDATE), "--eval-episodes", "0", "--video-episodes", "0"]
   resume = ["--quiet", "--eval-episodes", "0", "--video-episodes", "0"]
   assert _train(*common, "--run-dir", str(a), backend=backend) == 0

@@ -86,9 +86,17 @@ class WarpConfig:
   # Recompute cvel/cdof_dot before every substep so the weld's J̇·v term matches C MuJoCo (MuJoCo Warp 3.17 builds
   # it from the previous substep's). Off: MuJoCo Warp as shipped (~1e-5 m grip error per fast step).
   fresh_jdotv: bool = True
+  # Solver overrides on top of `physics` (None: the profile's value). The XML's tolerance 1e-8 is below what the
+  # float32 Newton solve resolves once contacts are active, so it then runs to the iteration cap.
+  iterations: int | None = None
+  ls_iterations: int | None = None
+  tolerance: float | None = None
 
   def __post_init__(self):
-    for name in ("contacts_per_env", "njmax"):
+    if self.tolerance is not None and (isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float))
+                                       or not self.tolerance >= 0):
+      raise ValueError(f"warp tolerance must be a number >= 0, got {self.tolerance!r}")
+    for name in ("contacts_per_env", "njmax", "iterations", "ls_iterations"):
       v = getattr(self, name)
       if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
         raise ValueError(f"warp {name} must be a positive integer, got {v!r}")
@@ -145,6 +153,9 @@ class WarpPhysics:
     for k, v in scene.PHYSICS_PROFILES[physics].items():
       if v is not None:
         setattr(self.mj.opt, k, v)
+    for k in ("iterations", "ls_iterations", "tolerance"):
+      if getattr(self.config, k) is not None:
+        setattr(self.mj.opt, k, getattr(self.config, k))
     self.ids = scene.SceneIds.of(self.mj)
     self.contacts_per_env = self.config.contacts_per_env or DEFAULT_CONTACTS[task.has_object]
     self.njmax = self.config.njmax or DEFAULT_NJMAX[task.has_object]
