@@ -263,7 +263,8 @@ def physics_rate(env, steps: int, repeats: int = 1) -> dict:
   return fn(env, steps, repeats)
 
 
-def profile_env(env_id: str, backend: str, n: int, steps: int, physics: str, repeats: int, warp=None) -> dict:
+def profile_env(env_id: str, backend: str, n: int, steps: int, physics: str, repeats: int, warp=None,
+                env_step_only: bool = False) -> dict:
   env = envs.make(env_id, num_envs=n, backend=backend, physics=physics, **({"warp": warp} if warp else {}))
   row = dict(env=env_id, backend=backend, physics=physics if backend != "cpu" else "c-mujoco", num_envs=n,
              steps_per_env=steps)
@@ -276,6 +277,9 @@ def profile_env(env_id: str, backend: str, n: int, steps: int, physics: str, rep
   if backend == "warp":  # contacts / constraint rows of the last step vs the buffers
     st = jax.jit(lambda k: env.step(env.reset(k), jnp.zeros((n, 4))).pipeline_state)(jax.random.PRNGKey(0))
     row["warp_capacity"] = env.backend.capacity(st)
+  if env_step_only:  # one program per size (e.g. to fit a GPU time budget: each compiles for ~1 min there)
+    row.update(physics_steps_per_s=None, physics_compile_s=None, physics_share=None)
+    return row
   row.update(physics_rate(env, steps, repeats))
   row["physics_share"] = row["env_steps_per_s"] / row["physics_steps_per_s"]  # of the full step's time
   return row
@@ -371,7 +375,8 @@ def plot(report: dict, path: str) -> str:
       env_color.setdefault(pts[0]["env"], c)
       if mode == "envs":
         ax.plot(x, [r["env_steps_per_s"] for r in pts], "o-", color=c, label=f"{name}: env step")
-        ax.plot(x, [r["physics_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: physics only")
+        if all(r.get("physics_steps_per_s") for r in pts):
+          ax.plot(x, [r["physics_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: physics only")
       else:
         ax.plot(x, [r["env_steps_per_s"] for r in pts], "o-", color=c, label=f"{name}: training ({pts[0]['env']})")
         ax.plot(x, [r["env_only_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: env only, same size")
@@ -472,6 +477,8 @@ def parse(argv) -> argparse.Namespace:
                  help="env steps per env per timed call (default 50 envs; train: 64 = PPO n_steps, SAC 1 episode)")
   p.add_argument("--repeats", type=int, default=1, help="timed calls per measurement, fastest kept (default 1)")
   p.add_argument("--physics", default="fast", choices=("fast", "exact"), help="MJX solver profile (default fast)")
+  p.add_argument("--env-step-only", action="store_true",
+                 help="envs mode: measure the full env step only, not also the physics alone (half the compiles)")
   p.add_argument("--gym-steps", type=int, default=2000,
                  help="steps of the gymnasium-robotics reference per env id (0: skip it)")
   p.add_argument("--out", default=None, help="output directory (default profile_<timestamp>/)")
@@ -573,14 +580,17 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
       for backend in backends:
         for n in sizes["envs"]:
           row = attempt(f"{env_id} {backend} num_envs={n}",
-                        lambda: profile_env(env_id, backend, n, steps["envs"], a.physics, a.repeats, a.warp))
+                        lambda: profile_env(env_id, backend, n, steps["envs"], a.physics, a.repeats, a.warp,
+                                            a.env_step_only))
           row.update(mode="envs", env=env_id, backend=backend, num_envs=n)
           if "error" not in row:
             row["vs_gymnasium"] = vs_gym(env_id, row["env_steps_per_s"])
             pc = row["physics_compile_s"]
+            phys = row["physics_steps_per_s"]
             say(f"{env_id:20s} {backend:4s} num_envs={n:6d}: env step {row['env_steps_per_s']:10,.0f} steps/s"
                 + (f" ({row['vs_gymnasium']:.2f}x gymnasium)" if row["vs_gymnasium"] else "")
-                + f", physics only {row['physics_steps_per_s']:10,.0f} steps/s; compile {row['compile_s']:.1f} s"
+                + (f", physics only {phys:10,.0f} steps/s" if phys is not None else "")
+                + f"; compile {row['compile_s']:.1f} s"
                 + (f" (physics {pc:.1f} s)" if pc is not None else "") + _mem(row["memory"]))
           report["envs"].append(row)
           runs.write_json(json_path, report)  # after every row: an interrupted run keeps what it measured

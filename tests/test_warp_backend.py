@@ -129,3 +129,36 @@ def test_warp_config_defaults():
   env = envs.make("FetchReach-v4", backend="warp")  # "fast": Newton capped at 8 / 16 (bit-identical in C)
   assert env.backend.mj.opt.iterations == 8
   assert envs.make("FetchReach-v4", backend="cpu").backend.host.m.opt.iterations == 100  # stock model untouched
+
+
+_CACHE_SCRIPT = """
+import sys, fetchjax, jax, jax.numpy as jnp, numpy as np
+from fetchjax import compile_cache, envs
+compile_cache.enable(compile_cache.resolve(sys.argv[1]))
+env = envs.make("FetchReach-v4", num_envs=2, backend="warp")
+s = jax.jit(lambda k: env.step(env.reset(k), jnp.full((2, 4), 0.5)))(jax.random.PRNGKey(0))
+print("OBS", np.asarray(s.obs["observation"]).tobytes().hex())
+"""
+
+
+def test_warp_programs_load_from_the_persistent_compile_cache(tmp_path):
+  """A warp program (Warp kernels behind JAX FFI calls) is written to JAX's persistent cache and a fresh process
+  loads it instead of compiling (no new entry), with identical results. Safe by construction: the cache key
+  contains the FFI target names and call ids, which each process registers while tracing the same program."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  root = Path(__file__).resolve().parent.parent
+  cache = tmp_path / "cache"
+  outs, entries = [], []
+  for _ in range(2):
+    r = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, str(cache)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(root)), cwd=str(root))
+    line = [x for x in r.stdout.splitlines() if x.startswith("OBS")]
+    assert line, r.stderr[-2000:]
+    outs.append(line[0])
+    entries.append(sorted(p.name for p in cache.iterdir()))
+  assert entries[0] and entries[1] == entries[0]  # the second process compiled nothing new
+  assert outs[0] == outs[1]

@@ -97,7 +97,12 @@ def make_substep(m: mjx.Model, mj: mujoco.MjModel, jdotv: bool = True):
   welds = np.nonzero(mj.eq_type == mujoco.mjtEq.mjEQ_WELD)[0]
   if np.any(mj.eq_type == mujoco.mjtEq.mjEQ_CONNECT) or len(welds) != 1:
     raise NotImplementedError("expected exactly one weld and no connect: the weld rows are efc rows 0..5")
-  chain = [j for j in range(mj.njnt) if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)]
+  # int(): since mujoco 3.12 `mjtJoint.X == np.int32(...)` is False, so a tuple membership test on the raw value
+  # silently matched nothing (the gymnasium-robotics assert of reference.py; here it zeroed the J̇·v term)
+  hinge_slide = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+  chain = [j for j in range(mj.njnt) if int(mj.jnt_type[j]) in hinge_slide]
+  if not chain:
+    raise RuntimeError("no hinge/slide joints found for the J̇·v term")
   qadr, vadr = np.array(mj.jnt_qposadr[chain]), np.array(mj.jnt_dofadr[chain])
 
   def substep(d: mjx.Data) -> mjx.Data:
