@@ -70,10 +70,12 @@ def main(argv=None) -> int:
   groups = [g for g in GROUPS if g in (a.only.split(",") if a.only else GROUPS) and g not in a.skip.split(",")]
   mjx = "mjx" not in a.skip.split(",")
   warp = "warp" not in a.skip.split(",")
+  warp_missing = False
   if warp:
     from fetchjax.envs.warp_backend import warp_available
 
-    warp = warp_available()
+    warp_missing = not warp_available()
+    warp = not warp_missing
   out_dir = a.out or time.strftime("parity_%Y%m%d-%H%M%S")
   episodes = a.episodes or 200
   warp_episodes = a.warp_episodes or episodes
@@ -97,6 +99,9 @@ def main(argv=None) -> int:
     checks.extend(res)
     say(f"    {sum(c.passed for c in res)}/{len(res)} passed ({time.time() - t0:.0f} s)")
 
+  if warp_missing:
+    checks.append(report.skipped("trajectories", "warp backend checks", "warp-lang is not importable "
+                                 "(pip install 'mujoco-mjx[warp]')"))
   mjx_envs = [e for e in a.envs if not a.quick or e == "FetchReach-v4"]
   warp_envs = [e for e in a.envs if not a.quick or e in ("FetchReach-v4", "FetchPush-v4")]  # dense: same physics
   for env_id in a.envs:
