@@ -113,6 +113,8 @@ def test_capacity_overflow_is_reported():
     ({"contacts_per_env": 0}, "contacts_per_env must be a positive integer"),
     ({"njmax": 2.5}, "njmax must be a positive integer"),
     ({"graph_mode": "TURBO"}, "unknown warp graph_mode"),
+    ({"fresh_jdotv": "yes"}, "fresh_jdotv must be true or false"),
+    ({"tolerance": -1.0}, "tolerance must be a number >= 0"),
     ({"naconmax": 5}, "unknown warp option"),
     ("fast", "must be a WarpConfig or a dict"),
 ])
@@ -123,12 +125,16 @@ def test_bad_warp_options(warp, msg):
 
 def test_warp_config_defaults():
   c = warp_backend.WarpConfig.of(None)
-  assert dataclasses.asdict(c) == {"contacts_per_env": None, "njmax": None, "graph_mode": None, "fresh_jdotv": True}
+  assert dataclasses.asdict(c) == {"contacts_per_env": None, "njmax": None, "graph_mode": None, "fresh_jdotv": True,
+                                   "iterations": None, "ls_iterations": None, "tolerance": None}
   env = envs.make("FetchReach-v4", backend="warp", physics="exact")
   assert env.backend.mj.opt.iterations == 100 and env.backend.contacts_per_env == 32 and env.backend.njmax == 96
   env = envs.make("FetchReach-v4", backend="warp")  # "fast": Newton capped at 8 / 16 (bit-identical in C)
   assert env.backend.mj.opt.iterations == 8
   assert envs.make("FetchReach-v4", backend="cpu").backend.host.m.opt.iterations == 100  # stock model untouched
+  env = envs.make("FetchReach-v4", backend="warp", warp={"iterations": 3, "ls_iterations": 5, "tolerance": 1e-6})
+  assert (env.backend.mj.opt.iterations, env.backend.mj.opt.ls_iterations, env.backend.mj.opt.tolerance) == (3, 5, 1e-6)
+  assert int(env.backend.m.opt.iterations) == 3
 
 
 _CACHE_SCRIPT = """

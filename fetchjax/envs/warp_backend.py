@@ -45,6 +45,12 @@ from fetchjax.envs.tasks import FetchTask
 with contextlib.redirect_stdout(io.StringIO()):  # warp prints its banner / "Failed to import warp" at import
   from mujoco import mjx
   import mujoco.mjx.warp as _mjxw
+if _mjxw.WARP_INSTALLED:
+  # No init banner or "Module ... load on device 'cpu' took 13.57 ms" line per kernel module on stdout; on a JAX
+  # CPU backend not the "Could not find or load the NVIDIA CUDA driver" warning either (Warp runs where JAX runs).
+  # Overflow messages of the physics buffers are printed by the kernels themselves and stay.
+  _mjxw.warp.config.quiet = True
+  _mjxw.warp.config.log_level = _mjxw.warp.LOG_ERROR if jax.default_backend() == "cpu" else _mjxw.warp.LOG_WARNING
 from mujoco.mjx._src import math as mjx_math, smooth  # noqa: E402
 
 GRAPH_MODES = ("WARP", "JAX", "WARP_STAGED", "WARP_STAGED_EX", "NONE")
@@ -100,6 +106,8 @@ class WarpConfig:
       v = getattr(self, name)
       if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
         raise ValueError(f"warp {name} must be a positive integer, got {v!r}")
+    if not isinstance(self.fresh_jdotv, bool):
+      raise ValueError(f"warp fresh_jdotv must be true or false, got {self.fresh_jdotv!r}")
     if self.graph_mode is not None and self.graph_mode not in GRAPH_MODES:
       raise ValueError(f"unknown warp graph_mode {self.graph_mode!r}; choose from {', '.join(GRAPH_MODES)}")
 
