@@ -19,10 +19,11 @@
 # setup; default 540 full / 3600 small: a device command may run 600 s), FETCHJAX_CHECK_SIZES /
 # FETCHJAX_CHECK_MJX_SIZES (profile num_envs, comma-separated), FETCHJAX_CHECK_STAGES (comma-separated subset, e.g.
 # the stages a first call had no time for, in a second call with the same OUT: programs then load from its cache), FETCHJAX_CHECK_WARP (profile --warp knobs,
-# e.g. "contacts_per_env=32,njmax=96,graph_mode=WARP"), FETCHJAX_GPU_SETUP (path of setup.sh).
+# e.g. "contacts_per_env=32,njmax=96,graph_mode=WARP"), FETCHJAX_GPU_SETUP (path of setup.sh), PYTHON (default python3).
 # A stage that runs out of time is stopped (SIGTERM: the train CLI checkpoints and records `interrupted`); the
 # later stages and the table still run. Exit status: 0 if every stage that ran finished with status 0.
 set -u
+PY=${PYTHON:-python3}  # the interpreter (default python3: the GPU image's, with setup.sh's PYTHONPATH)
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_check_$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -43,7 +44,7 @@ if [ "$SIZE" = full ]; then
 else
   BUDGET=${FETCHJAX_CHECK_BUDGET_S:-3600}
   SIZES=${FETCHJAX_CHECK_SIZES:-4}; MJX_SIZES=${FETCHJAX_CHECK_MJX_SIZES:-4}
-  PROFILE_STEPS=5; PARITY_ARGS=(--quick --envs FetchReach-v4 FetchPush-v4 --episodes 16)
+  PROFILE_STEPS=5; PARITY_ARGS=(--quick --envs FetchReach-v4 FetchPush-v4 --episodes 200)  # 3 pp needs 200
   PPO_ARGS=(--n-envs 4 --set n_steps=32 --set batch_size=64 --set n_epochs=1 --total-steps 256 --eval-episodes 4
             --video-episodes 0)
   SAC_ARGS=(--n-envs 2 --set buffer_size=1000 --set batch_size=32 --set learning_starts=100
@@ -63,7 +64,7 @@ stage() {
   [ "$limit" -gt "$left" ] && limit=$left
   if [ "$limit" -lt 10 ]; then
     echo "device_check: $name skipped (time budget spent)"
-    python3 - "$STAGES_JSON" "$name" <<'EOF'
+    "$PY" - "$STAGES_JSON" "$name" <<'EOF'
 import json, sys
 p, name = sys.argv[1:]
 d = json.load(open(p)); d.append({"stage": name, "rc": None, "seconds": 0, "skipped": "time budget spent"})
@@ -78,7 +79,7 @@ EOF
   local dt=$(($(date +%s) - t0))
   [ $rc -ne 0 ] && RC_ALL=1
   echo "device_check: $name rc=$rc in ${dt} s$([ $rc -eq 124 ] && echo ' (stopped: out of time)')"
-  python3 - "$STAGES_JSON" "$name" "$rc" "$dt" <<'EOF'
+  "$PY" - "$STAGES_JSON" "$name" "$rc" "$dt" <<'EOF'
 import json, sys
 p, name, rc, dt = sys.argv[1:]
 d = json.load(open(p)); d.append({"stage": name, "rc": int(rc), "seconds": int(dt), "timed_out": rc in ("124", "137")})
@@ -104,7 +105,7 @@ if want setup; then
   else
     echo "device_check: setup: no .whl/ here; using the installed packages" | tee "$OUT/setup.log"
   fi
-  python3 -c "import jax, mujoco, warp, fetchjax; print('jax', jax.__version__, jax.devices(), 'mujoco', mujoco.__version__, 'warp', warp.__version__)" \
+  "$PY" -c "import jax, mujoco, warp, fetchjax; print('jax', jax.__version__, jax.devices(), 'mujoco', mujoco.__version__, 'warp', warp.__version__)" \
     >> "$OUT/setup.log" 2>&1 || { echo "device_check: imports failed (see $OUT/setup.log)"; RC_ALL=1; }
 fi
 export PYTHONUNBUFFERED=1
@@ -112,21 +113,21 @@ export PYTHONUNBUFFERED=1
 export FETCHJAX_COMPILE_CACHE=${FETCHJAX_COMPILE_CACHE:-$OUT/jax_cache}
 
 profile() {  # profile NAME BACKEND SIZES
-  stage "$1" "$T_PROFILE" python3 -m fetchjax.profile envs --backends "$2" --envs FetchReach-v4,FetchPush-v4 \
+  stage "$1" "$T_PROFILE" "$PY" -m fetchjax.profile envs --backends "$2" --envs FetchReach-v4,FetchPush-v4 \
     --num-envs "$3" --steps "$PROFILE_STEPS" --env-step-only --gym-steps 500 "${WARP_KNOBS[@]}" --out "$OUT/$1"
 }
 fidelity() {  # fidelity NAME SKIPPED_BACKEND (float32 matmuls at full precision: no TF32 in the parity numbers)
-  stage "$1" "$T_FIDELITY" env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m parity \
+  stage "$1" "$T_FIDELITY" env JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m parity \
     --only observations,trajectories,scripted --skip "$2" "${PARITY_ARGS[@]}" --out "$OUT/$1"
 }
-want doctor && stage doctor "$T_DOCTOR" python3 -m fetchjax.doctor --quick --warp --out "$OUT/doctor"
+want doctor && stage doctor "$T_DOCTOR" "$PY" -m fetchjax.doctor --quick --warp --out "$OUT/doctor"
 want profile_warp && profile profile_warp warp "$SIZES"
 want fidelity_warp && fidelity fidelity_warp mjx
-want ppo && stage ppo "$T_PPO" python3 -m fetchjax.train "${PPO_ARGS[@]}" --run-dir "$OUT/ppo"
+want ppo && stage ppo "$T_PPO" "$PY" -m fetchjax.train "${PPO_ARGS[@]}" --run-dir "$OUT/ppo"
 want profile_mjx && profile profile_mjx mjx "$MJX_SIZES"
 want fidelity_mjx && fidelity fidelity_mjx warp
-want sac_push && stage sac_push "$T_SAC" python3 -m fetchjax.train --algo sac --her --env FetchPush-v4 \
+want sac_push && stage sac_push "$T_SAC" "$PY" -m fetchjax.train --algo sac --her --env FetchPush-v4 \
   "${SAC_ARGS[@]}" --run-dir "$OUT/sac_push"
 
-python3 scripts/device_check_summary.py "$OUT" "$SIZE" "$(( $(date +%s) - START ))"
+"$PY" scripts/device_check_summary.py "$OUT" "$SIZE" "$(( $(date +%s) - START ))"
 exit $RC_ALL
