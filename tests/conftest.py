@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fetchjax  # noqa: F401  (sets XLA flags before JAX initialises)
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks)
 
 
 @pytest.fixture(scope="session")
