@@ -106,6 +106,17 @@ def test_push_rollout_matches_c_mujoco(push_rollout):
   record("gripper error drift within an episode (ptp over steps 2-50)", drift, 3e-4)
 
 
+@pytest.mark.slow
+def test_reach_rollout_exact_physics_matches_c_mujoco(reach_actions):
+  """The same rollout with physics="exact" (the XML's own Newton settings, 100 iterations / 50 line-search steps
+  instead of 8 / 16): the same tolerances (another ~1 min MJX compile, so not in CI)."""
+  env = envs.make("FetchReach-v4", num_envs=N_ENVS, backend="mjx", physics="exact")
+  ro = rollouts.run(env, reach_actions, rollouts.first_tasks("FetchReach-v4", N_ENVS, 300), seed_base=300)
+  assert not ro.ref_contact.any()
+  rollouts.check(ro, Recorder("mjx exact rollout FetchReach-v4"), MJX_TOL, reset_tol=1e-6, goal_tol=1e-4,
+                 sparse=True)
+
+
 def test_jdotv_term_matters(reach_rollout, reach_actions):
   """Without fetchjax's J̇·v weld term MJX drifts from C MuJoCo by millimetres to centimetres (mjx_port_notes.md
   §6); with it the error is float32-level: ON must be much closer to C than OFF, env by env."""

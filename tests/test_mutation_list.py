@@ -3,8 +3,11 @@ today's source and the mutated file compiles. A refactor that moves a snippet fa
 tests it names) gets updated instead of silently protecting nothing. Running the mutations themselves takes
 ~30-45 min: `python scripts/mutation_check.py`."""
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +30,12 @@ def test_every_mutation_applies_and_names_existing_tests():
   for behaviour in ("reward", "success", "autoreset", "no_dt", "physics_reset", "bootstrap", "logprob", "gae",
                     "her_future", "her_reward", "sac_target", "resume", "interrupt", "td3_no_policy_delay"):
     assert behaviour in covered, behaviour
+
+
+@pytest.mark.slow
+def test_every_mutation_is_killed():
+  """The whole mutation check (~30-45 min on 2 CPU cores): every curated bug fails at least one of its tests."""
+  r = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_check.py")], cwd=ROOT, capture_output=True,
+                     text=True, timeout=4 * 3600)
+  print(r.stdout[-6000:])
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
