@@ -91,11 +91,28 @@ def io_cause(e: BaseException) -> str:
   return first_line(e)
 
 
+class _OrbaxOrphanedWrites(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" records for orbax's background writes. They are logged
+  (with tracebacks) whenever the garbage collector reaches a failed write's task: often long after the save, so
+  no capture window can hold them, and always a repeat of the failure the save already raised."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+def _drop_orphaned_orbax_writes() -> None:
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrbaxOrphanedWrites) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_OrbaxOrphanedWrites())
+
+
 @contextlib.contextmanager
 def quiet_orbax(drain_s: float = 0.5):
   """Orbax logs every failed background write (with tracebacks) on the absl logger, and after a failure its
   TensorStore callbacks print "Event loop is closed" tracebacks to sys.stderr for a moment; the caller reports the
   failure in one line instead. On a failure, waits `drain_s` for those callbacks with stderr still captured."""
+  _drop_orphaned_orbax_writes()
   logger = logging.getLogger("absl")
   level = logger.level
   logger.setLevel(logging.CRITICAL)

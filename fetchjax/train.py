@@ -96,7 +96,10 @@ class TensorBoard:
       for s in seeds:
         truncate_events(rd.tb_dir(s), resume_step)
     self.names = names  # the algorithm's metric -> SB3 tag map
-    self.writers = [SummaryWriter(str(rd.tb_dir(s))) for s in seeds]
+    # tensorboardX names files by the second and opens them with "wb": a writer started in the same second as an
+    # earlier one (a quick resume) would truncate that run's events. A per-writer suffix keeps every file.
+    suffix = f".{os.getpid()}.{time.time_ns()}"
+    self.writers = [SummaryWriter(str(rd.tb_dir(s)), filename_suffix=suffix) for s in seeds]
 
   def log(self, steps, metrics: dict[str, np.ndarray], constants: dict[str, float], first_iteration: int):
     for i, w in enumerate(self.writers):

@@ -5,8 +5,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fetchjax  # noqa: F401  (sets XLA flags before JAX initialises)
-from fetchjax import compile_cache
+# Device-aware numerics. The tests compare float32 results with float32/float64 references (SB3 on CPU torch,
+# C MuJoCo) and check bitwise-exact resume. On NVIDIA GPUs JAX computes float32 matmuls with TF32 by default
+# (~1e-3 relative) and XLA may use atomics in reductions and scatters (not bit-reproducible): on such a device the
+# tests pin full float32 matmuls and XLA:GPU's deterministic ops. Neither setting changes anything on CPU (the
+# flag is known to jaxlib 0.10.2 and 0.11.2 alike, CPU builds included; checked 2026-11-30).
+from fetchjax import xla_flags  # noqa: E402  (does not start JAX)
+
+os.environ["XLA_FLAGS"] = xla_flags.merged(os.environ.get("XLA_FLAGS", ""), ("--xla_gpu_deterministic_ops=true",))
+
+import fetchjax  # noqa: E402,F401  (sets XLA flags before JAX initialises)
+import jax  # noqa: E402
+from fetchjax import compile_cache  # noqa: E402
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401  (hooks)
+
+if jax.default_backend() != "cpu":
+  jax.config.update("jax_default_matmul_precision", "float32")
 
 # One persistent compilation cache for the test session, in-process and in the CLIs the tests start: the mjx
 # programs (~1 min each on 2 cores) compile once. Kept in .pytest_cache between local runs; CI starts empty.

@@ -288,3 +288,16 @@ def test_newcomer_output(tmp_path):
   meta = _meta(tmp_path / "r")
   assert meta["command"].startswith("python -m fetchjax.train --n-envs 4") and "--total-steps 300" in meta["command"]
   assert meta["compile_cache"]["enabled"] in (True, False) and "dir" in meta["compile_cache"]
+
+
+def test_tensorboard_writers_in_the_same_second_keep_each_others_events(tmp_path):
+  """tensorboardX names event files by the second and opens them with "wb": a resume started within a second of
+  the previous writer used to truncate that writer's events (seen as a lost history in a quick pause/resume)."""
+  rd = runs.RunDir(tmp_path / "r")
+  first = fj_train.TensorBoard(rd, [0], {"success_rate": "rollout/success_rate"})
+  first.log(np.array([1]), {"success_rate": np.array([[0.5]])}, {}, 0)
+  first.close()
+  second = fj_train.TensorBoard(rd, [0], {"success_rate": "rollout/success_rate"}, resume_step=1)
+  second.log(np.array([2]), {"success_rate": np.array([[0.75]])}, {}, 1)
+  second.close()
+  assert _scalars(rd.tb_dir(0))["rollout/success_rate"] == [(1, 0.5), (2, 0.75)]

@@ -149,7 +149,11 @@ def test_update_losses_alpha_and_polyak(ent_coef):
   new, info = upd(ts, batch, jax.random.PRNGKey(2), 0)
   for k in ("critic_loss", "actor_loss", "ent_coef", "q1_mean", "q2_mean", "q_min_mean", "log_prob_mean"):
     assert np.isfinite(float(info[k])), k
-  assert float(info["q_min_mean"]) <= min(float(info["q1_mean"]), float(info["q2_mean"])) + 1e-6
+  # the replay/q*_mean diagnostics are the current critics on the sampled (s, a), before the critic step
+  q1, q2 = learner.critic.apply(ts.critic_params, batch.obs, batch.action)
+  np.testing.assert_allclose([float(info[k]) for k in ("q1_mean", "q2_mean", "q_min_mean")],
+                             [float(q1.mean()), float(q2.mean()), float(jnp.minimum(q1, q2).mean())], rtol=1e-5)
+  assert float(jnp.minimum(q1, q2).mean()) < min(float(q1.mean()), float(q2.mean())) - 1e-4  # min per sample
   assert int(new.n_updates) == 1
   # Polyak: target' = (1 - tau) target + tau critic' (with the critic AFTER its step), every 2nd gradient step
   want = jax.tree.map(lambda t, c: 0.995 * t + 0.005 * c, ts.target_critic_params, new.critic_params)
@@ -209,7 +213,13 @@ def test_warmup_random_actions_and_when_training_starts(reach2):
   assert not jnp.allclose(r2.train_state.actor_params["params"]["mu"]["kernel"],
                           r0.train_state.actor_params["params"]["mu"]["kernel"])
   assert int(r2.train_state.step) == 2 and int(r2.train_state.num_timesteps) == 200
-  assert float(m2["success_rate"][0]) >= 0 and float(m2["ep_rew_mean"][0]) <= 0
+  # the iteration's episode metrics are those of the 2 episodes it completed (buffer slots 2, 3): the return is
+  # the stored rewards' sum, success is is_success of the last transition (d < 0.05 at the final achieved goal)
+  ep_ret = np.asarray(r2.buffer.reward[2:4]).sum(1)
+  final_success = np.asarray(reach2.is_success(r2.buffer.achieved_goal[2:4, -1], r2.buffer.desired_goal[2:4]))
+  assert float(m2["ep_rew_mean"][0]) == pytest.approx(ep_ret.mean(), abs=1e-5)
+  assert float(m2["success_rate"][0]) == pytest.approx(final_success.mean())
+  assert float(m1["ep_rew_mean"][0]) == pytest.approx(np.asarray(r2.buffer.reward[0:2]).sum(1).mean(), abs=1e-5)
   # two chunks == one run of 2 iterations, bit for bit (what checkpoint/resume relies on)
   r2b, m2b = jax.jit(run, static_argnums=1)(r0, 2)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), r2, r2b)), "chunked run differs"
@@ -238,23 +248,75 @@ def test_jit_vmap_two_seeds(reach2):
                                    one.train_state.critic_params))
 
 
+# SAC+HER on sparse FetchReach-v4, shrunk to a CPU test: book_her (gamma 0.95, future k=4) with 1 env (UTD 1),
+# 64-64 nets, ent_coef 0.05, lr 1e-3, learning_starts 500, 12k steps (240 episodes).
+SAC_LEARN = dict(num_envs=1, buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3, ent_coef=0.05,
+                 learning_starts=500, total_timesteps=12_000, backend="cpu")
+
+
 def test_sac_her_learns_sparse_reach():
-  """SAC+HER (book_her: gamma 0.95, future k=4) on sparse FetchReach-v4, shrunk to run in ~20 s on 2 cores:
-  1 env (UTD 1), 64-64 nets, ent_coef 0.05, lr 1e-3, learning_starts 500, 8k steps (160 episodes).
-  Training success of the first 40 episodes vs the last 40, measured with this seed (2) on a 2-core CPU:
-  0.000 -> 0.775 (the C MuJoCo backend is deterministic, so this is reproducible on one platform).
-  Across 15 seeds the last-20-episode success was 0.05-0.95 (mean 0.63); SB3 2.9.2 with the same settings
-  (1 env, CPU torch) gave 0.50-1.00 (mean 0.78, 10 seeds): hence a fixed seed and a threshold at half of
-  this seed's value."""
-  cfg = sac.preset("book_her", num_envs=1, buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3,
-                   ent_coef=0.05, learning_starts=500, total_timesteps=8_000, backend="cpu")
+  """~25 s (+ the negative control) on 2 cores. The bar, last-40-episode training success >= 0.6, is anchored
+  outside this code's run:
+  - SB3 2.9.2 SAC + HerReplayBuffer with the same settings (1 env, CPU torch), measured on a 2-core CPU:
+    last-40 success 0.95-1.00 over 8 seeds (mean 0.99); fetchjax over 8 other seeds: 0.80-1.00 (mean 0.96);
+  - negative control, run here: the same agent WITHOUT HER reaches 0.175 (seed 2; the book's no-HER sparse-Reach
+    runs need ~1M steps, algorithms.md §3.4), so the bar measures what HER adds, and a success metric or env that
+    made sparse Reach trivial would fail it;
+  - the first 40 episodes (random warm-up, then the first updates) stay near 0 (fetch_envs.md §9: random 1%).
+  At 8k steps both SB3 (0.13-0.80 over 10 seeds) and fetchjax (0.05-0.95 over 12) are still mid-ramp: one seed's
+  value there depends on the platform's float rounding, so the budget is 12k, where every seed has learned."""
+  out = {}
+  for her in (True, False):
+    cfg = sac.preset("book_her", her=her, **SAC_LEARN)
+    init, run = sac.make_runner(cfg)
+    runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates)
+    s = np.asarray(m["success_rate"])
+    out[her] = (float(s[:40].mean()), float(s[-40:].mean()))
+    assert int(m["n_updates"][-1]) == 12_000 - 500
+  print(f"SAC sparse Reach, success first/last 40 episodes: HER {out[True]}, no HER {out[False]}")
+  (first, last), (_, last_no_her) = out[True], out[False]
+  assert first <= 0.15 and last >= 0.6
+  assert last_no_her < 0.6, "negative control: without HER this budget must not reach the bar"
+
+
+@pytest.mark.slow
+def test_sac_her_sparse_reach_across_seeds_vs_sb3():
+  """The learning check over 8 vmapped fetchjax seeds beside 6 seeds of SB3 2.9.2's SAC + HerReplayBuffer with
+  the same settings (~8 min on 2 cores): fetchjax's mean last-40 success within 0.1 of SB3's, no seed below
+  the CI bar. Measured: fetchjax 0.80-1.00 (mean 0.96), SB3 0.95-1.00 (mean 0.99)."""
+  sb3 = pytest.importorskip("stable_baselines3")
+  from stable_baselines3.common.callbacks import BaseCallback
+
+  from fetchjax.eval import gymnasium_make
+
+  cfg = sac.preset("book_her", **SAC_LEARN)
   init, run = sac.make_runner(cfg)
-  runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates)
-  s = np.asarray(m["success_rate"])
-  first, last = s[:40].mean(), s[-40:].mean()
-  print(f"SAC+HER sparse Reach: success first 40 episodes {first:.3f}, last 40 {last:.3f}")
-  assert first <= 0.15 and last >= 0.4
-  assert int(m["n_updates"][-1]) == 8_000 - 500
+  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates)))(jax.random.split(jax.random.PRNGKey(100), 8))
+  ours = np.asarray(m["success_rate"])[:, -40:].mean(1)
+
+  class Success(BaseCallback):
+    def __init__(self):
+      super().__init__()
+      self.success = []
+
+    def _on_step(self):
+      self.success += [float(i["is_success"]) for d, i in zip(self.locals["dones"], self.locals["infos"]) if d]
+      return True
+
+  theirs = []
+  for seed in range(6):
+    model = sb3.SAC("MultiInputPolicy", gymnasium_make("FetchReach-v4"), replay_buffer_class=sb3.HerReplayBuffer,
+                    replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
+                    buffer_size=cfg.buffer_size, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                    ent_coef=cfg.ent_coef, learning_starts=cfg.learning_starts, gamma=cfg.gamma, tau=cfg.tau,
+                    policy_kwargs=dict(net_arch=list(cfg.hidden_sizes)), seed=seed, device="cpu", verbose=0)
+    cb = Success()
+    model.learn(cfg.total_timesteps, callback=cb)
+    theirs.append(np.mean(cb.success[-40:]))
+  theirs = np.array(theirs)
+  print(f"last-40 success: fetchjax {np.round(ours, 3)} (mean {ours.mean():.3f}); "
+        f"SB3 {np.round(theirs, 3)} (mean {theirs.mean():.3f})")
+  assert ours.mean() >= theirs.mean() - 0.1 and ours.min() >= 0.6
 
 
 def test_td3_smoke(reach2):

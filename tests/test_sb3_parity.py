@@ -12,7 +12,10 @@ Skipped when SB3 / torch are not installed. Checks, all float32 on both sides:
        `loss_fn` that training optimises (`make_learner`);
      - SB3's real `PPO.train()` (1 epoch, 1 minibatch) logs the same numbers and lands on the same weights as
        fetchjax's `loss_fn` + `tx` (global-norm clipping + Adam eps 1e-5).
-  c. the observation normaliser (`RunningMeanStd`, normalize + clip) vs SB3 RunningMeanStd / VecNormalize.
+  c. the observation normaliser (`RunningMeanStd`, normalize + clip) vs SB3 RunningMeanStd / VecNormalize;
+  d. fetchjax's own rollout collection (`make_collector`, what `make_runner` trains on) vs SB3's
+     `collect_rollouts` on the same fetchjax env (behind a VecEnv), weights and exploration noise: two rollouts
+     with truncations inside and at the end, raw and normalised observations.
 Before `train()` the policy is perturbed so that ratios != 1 (non-trivial clipping / KL). Run with `-s` to see
 every measured error. Line citations refer to stable-baselines3 2.9.2.
 """
@@ -37,7 +40,7 @@ from gymnasium import spaces  # noqa: E402
 from stable_baselines3.common.buffers import RolloutBuffer  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
-from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv  # noqa: E402
 
 from measured import Recorder, max_abs, rel  # noqa: E402
 
@@ -378,3 +381,168 @@ def test_train_step_matches_sb3(sb3_run):
   d_fj = jax.tree.map(lambda a, b: a - b, new, before)
   err = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), d_ref, d_fj)))
   record("train() step update max abs / lr", err / LR, 1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# d. fetchjax's own rollout collection (make_collector, what make_runner trains on) vs SB3 collect_rollouts
+# ----------------------------------------------------------------------------------------------------------
+class FetchjaxVecEnv(VecEnv):
+  """A fetchjax env (cpu backend) behind SB3's VecEnv interface, with DummyVecEnv + TimeLimit semantics: the
+  observation after a truncation is the next episode's first one, `terminal_observation` and
+  `TimeLimit.truncated` are in that env's info. Starts from a given fetchjax state (the runner's)."""
+
+  render_mode = None
+
+  def __init__(self, env, state):
+    obs_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, (env.observation_size[k],), np.float32)
+                             for k in ppo.OBS_KEYS})
+    super().__init__(env.num_envs, obs_space, spaces.Box(-1.0, 1.0, (env.action_size,), np.float32))
+    self._env, self._state0, self._step = env, state, jax.jit(env.step)
+    self.raw_rewards = []  # the env's own rewards, before SB3 adds the truncation bootstrap
+
+  @staticmethod
+  def _np(obs):
+    return {k: np.array(obs[k], np.float32) for k in ppo.OBS_KEYS}
+
+  def reset(self):
+    self.state = self._state0
+    return self._np(self.state.obs)
+
+  def step_async(self, actions):
+    self._actions = np.asarray(actions, np.float32)
+
+  def step_wait(self):
+    self.state = self._step(self.state, jnp.asarray(self._actions))
+    obs, final = self._np(self.state.obs), self._np(self.state.info["final_obs"])
+    dones = np.asarray(self.state.done) > 0
+    infos = []
+    for i in range(self.num_envs):
+      info = {"is_success": float(self.state.info["is_success"][i])}
+      if dones[i]:
+        info.update({"terminal_observation": {k: v[i] for k, v in final.items()}, "TimeLimit.truncated": True})
+      infos.append(info)
+    self.raw_rewards.append(np.array(self.state.reward, np.float32))
+    return obs, np.array(self.state.reward, np.float32), dones, infos
+
+  def close(self):
+    pass
+
+  def get_attr(self, attr_name, indices=None):
+    return [getattr(self, attr_name)] * self.num_envs
+
+  def set_attr(self, attr_name, value, indices=None):
+    setattr(self, attr_name, value)
+
+  def env_method(self, method_name, *args, indices=None, **kwargs):
+    raise NotImplementedError(method_name)
+
+  def env_is_wrapped(self, wrapper_class, indices=None):
+    return [False] * self.num_envs
+
+
+class _BufferSnapshots(BaseCallback):
+  """Copies the rollout buffer and the bootstrap values at the end of every `collect_rollouts`."""
+
+  def __init__(self):
+    super().__init__()
+    self.rollouts = []
+
+  def _on_step(self):
+    return True
+
+  def _on_rollout_end(self):
+    buf = self.model.rollout_buffer
+    snap = {k: np.copy(getattr(buf, k)) for k in
+            ("actions", "rewards", "episode_starts", "values", "log_probs", "advantages", "returns")}
+    snap["observations"] = {k: np.copy(v) for k, v in buf.observations.items()}
+    snap["last_values"] = self.locals["values"].detach().numpy().flatten().copy()
+    snap["last_dones"] = np.array(self.locals["dones"], np.float32)
+    self.rollouts.append(snap)
+
+
+ROLL_ENVS, ROLL_STEPS = 4, 75  # two rollouts of 75 steps: truncations at steps 50, 100 and 150 (the very last)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["raw_obs", "normalize_obs"])
+def collected(request):
+  """Two consecutive rollouts collected by fetchjax's `make_collector` and by SB3's `collect_rollouts` from the
+  same env state, with the same weights (SB3's initial policy) and the same standard normal exploration noise
+  (SB3's `Normal.rsample` fed from the array fetchjax gets); with normalize_obs, SB3 runs behind VecNormalize."""
+  from stable_baselines3.common.vec_env import VecNormalize
+
+  from fetchjax import envs
+
+  norm = request.param
+  cfg = ppo.PPOConfig(env_id=ENV_ID, num_envs=ROLL_ENVS, n_steps=ROLL_STEPS, batch_size=ROLL_ENVS * ROLL_STEPS,
+                      n_epochs=1, gamma=GAMMA, gae_lambda=LAM, backend="cpu", normalize_obs=norm)
+  env = envs.make(ENV_ID, num_envs=ROLL_ENVS, backend="cpu")
+  init, _ = ppo.make_runner(cfg, env)
+  runner = jax.jit(init)(jax.random.PRNGKey(0))
+  vec = raw_env = FetchjaxVecEnv(envs.make(ENV_ID, num_envs=ROLL_ENVS, backend="cpu"), runner.env_state)
+  if norm:
+    vec = VecNormalize(vec, norm_obs=True, norm_reward=False, clip_obs=cfg.clip_obs, gamma=GAMMA)
+  model = sb3.PPO("MultiInputPolicy", vec, n_steps=ROLL_STEPS, batch_size=ROLL_ENVS * ROLL_STEPS, n_epochs=1,
+                  gamma=GAMMA, gae_lambda=LAM, seed=0, device="cpu", verbose=0)
+  model.set_logger(configure(None, [""]))
+  runner = runner.replace(train_state=runner.train_state.replace(params=torch_to_flax(model.policy.state_dict())))
+  noise = np.random.default_rng(7).standard_normal((2, ROLL_STEPS, ROLL_ENVS, 4)).astype(np.float32)
+
+  collect = jax.jit(ppo.make_collector(cfg, env))
+  ours, r = [], runner
+  for k in range(2):
+    r, ro = collect(r, jnp.asarray(noise[k]))
+    ours.append(jax.tree.map(np.asarray, ro))
+
+  queue = iter(noise.reshape(-1, ROLL_ENVS, 4))
+
+  def rsample(self, sample_shape=th.Size()):  # torch Normal.rsample = loc + eps * scale, eps given
+    eps = th.as_tensor(next(queue))
+    assert tuple(eps.shape) == tuple(self.loc.shape) and not sample_shape
+    return self.loc + eps * self.scale
+
+  rec = _BufferSnapshots()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(th.distributions.Normal, "rsample", rsample)
+    _, callback = model._setup_learn(2 * ROLL_ENVS * ROLL_STEPS, rec)
+    callback.on_training_start(locals(), globals())
+    for _ in range(2):
+      assert model.collect_rollouts(model.env, callback, model.rollout_buffer, ROLL_STEPS)
+  assert next(queue, None) is None, "SB3 drew exactly the noise fetchjax used"
+  return types.SimpleNamespace(ours=ours, theirs=rec.rollouts, norm=norm, raw_rewards=np.stack(raw_env.raw_rewards))
+
+
+def test_collected_rollout_matches_sb3(collected):
+  """fetchjax's collected rollout buffer vs SB3's on identical weights, observations and noise: observations
+  (normalised where configured), stored actions (the UNCLIPPED Gaussian samples), their log-probs, values,
+  rewards with the truncation bootstrap r += gamma * V(final_obs), episode starts, and the advantages / returns
+  of GAE with the last values. Float32 on both sides; the observations of both runs come from C MuJoCo envs
+  driven by actions that agree to ~1e-7, so everything agrees to float32 noise. With normalize_obs the running
+  statistics are float64 in SB3 and float32 here; near-constant components (blocked fingers) amplify that in the
+  normalised inputs, hence 1e-4 there (as test_running_mean_std_matches_sb3_vecnormalize)."""
+  record = Recorder(f"sb3 collect_rollouts ({'normalize_obs' if collected.norm else 'raw obs'})")
+  tol = 1e-4 if collected.norm else 1e-5
+  for k, (ours, theirs) in enumerate(zip(collected.ours, collected.theirs)):
+    tr = ours.traj
+    x_ref = np.asarray(ppo.flatten_obs(theirs["observations"]))  # [T, N, 16]
+    record(f"rollout {k}: observations max abs", max_abs(tr.obs, x_ref), tol)
+    record(f"rollout {k}: stored actions max abs", max_abs(tr.action, theirs["actions"]), 1e-5)
+    assert np.abs(theirs["actions"]).max() > 1.0 and np.abs(tr.action).max() > 1.0, "unclipped actions stored"
+    record(f"rollout {k}: stored log_probs max abs", max_abs(tr.log_prob, theirs["log_probs"]), 1e-4)
+    record(f"rollout {k}: stored values max abs", max_abs(tr.value, theirs["values"]), tol)
+    record(f"rollout {k}: rewards (incl. truncation bootstrap) max abs", max_abs(tr.reward, theirs["rewards"]), tol)
+    # SB3 episode_starts[t] = done of the step before t; [0] = the previous rollout's last done (1 at the start)
+    prev = np.ones(ROLL_ENVS) if k == 0 else collected.ours[k - 1].traj.done[-1]
+    np.testing.assert_array_equal(theirs["episode_starts"], np.concatenate([prev[None], tr.done[:-1]]))
+    np.testing.assert_array_equal(theirs["last_dones"], tr.done[-1])
+    record(f"rollout {k}: bootstrap value V(last obs) max abs", max_abs(ours.last_value, theirs["last_values"]), tol)
+    scale = max(1.0, np.abs(theirs["returns"]).max())
+    record(f"rollout {k}: advantages max abs", max_abs(ours.advantages, theirs["advantages"]), tol * scale)
+    record(f"rollout {k}: returns max abs", max_abs(ours.returns, theirs["returns"]), tol * scale)
+  # what the rollouts contain: truncations inside a rollout and at its last step, each bootstrapped
+  dones = np.concatenate([o.traj.done for o in collected.ours])  # [150, N]
+  np.testing.assert_array_equal(np.nonzero(dones[:, 0])[0], [49, 99, 149])
+  assert dones[[49, 99, 149]].all() and dones.sum() == 3 * ROLL_ENVS
+  boot = np.concatenate([o.traj.reward for o in collected.ours]) - collected.raw_rewards  # SB3's env rewards
+  record("reward - env reward where not truncated, max abs", np.abs(boot[dones == 0]).max(), 1e-6)
+  record("smallest truncation bootstrap |gamma * V(final_obs)| (must not be negligible)",
+         np.abs(boot[dones > 0]).min(), 1e-2, at_least=True)

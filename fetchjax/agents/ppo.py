@@ -305,10 +305,65 @@ def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[Train
   return train
 
 
+@flax.struct.dataclass
+class Rollout:
+  """One collected rollout, time-major [n_steps, num_envs], as `make_runner`'s update trains on it."""
+  traj: Transition
+  last_value: jax.Array  # [num_envs]: V(observation after the last step), GAE's bootstrap
+  advantages: jax.Array
+  returns: jax.Array
+
+
+def make_collector(config: PPOConfig, env):
+  """`collect(runner, noise=None) -> (runner, Rollout)`: the rollout collection `make_runner`'s update performs
+  (SB3 `collect_rollouts` + `compute_returns_and_advantage`): `config.n_steps` env steps with the current
+  parameters, truncation bootstrap, GAE. The Gaussian exploration noise is drawn from the runner's key, one split
+  per step; `noise` [n_steps, num_envs, action_size] (standard normal) replaces those draws (the key still
+  advances the same way), so a reference implementation can be fed the same noise (SB3 parity tests)."""
+  c = config
+  net, _, _ = make_learner(c, env.action_size)
+
+  def prep(rms, obs_dict):
+    x = flatten_obs(obs_dict)
+    return rms.normalize(x, c.clip_obs) if c.normalize_obs else x
+
+  def update_rms(rms, obs_dict):
+    return rms.update(flatten_obs(obs_dict)) if c.normalize_obs else rms
+
+  def env_step(carry, eps):
+    ts, env_state, ep_ret = carry
+    key, k_act = jax.random.split(ts.key)
+    x = prep(ts.obs_rms, env_state.obs)
+    mean, log_std, value = net.apply(ts.params, x)
+    if eps is None:
+      eps = jax.random.normal(k_act, mean.shape)
+    action = mean + jnp.exp(log_std) * eps
+    log_prob = gaussian_log_prob(action, mean, log_std)
+    env_state = env.step(env_state, jnp.clip(action, -1.0, 1.0))
+    # VecNormalize.step_wait: update the stats with the new obs, then normalise it and the terminal obs.
+    rms = update_rms(ts.obs_rms, env_state.obs)
+    done, trunc = env_state.done, env_state.info["truncation"]
+    final_value = net.apply(ts.params, prep(rms, env_state.info["final_obs"]), method=ActorCritic.value)
+    reward = bootstrap_truncation(env_state.reward, trunc, final_value, c.gamma)
+    ep_ret = ep_ret + env_state.reward
+    tr = Transition(x, action, log_prob, value, reward, done, ep_ret * done, env_state.info["is_success"] * done)
+    return (ts.replace(key=key, obs_rms=rms), env_state, ep_ret * (1.0 - done)), tr
+
+  def collect(runner: RunnerState, noise=None) -> tuple[RunnerState, Rollout]:
+    carry = (runner.train_state, runner.env_state, runner.ep_ret)
+    (ts, env_state, ep_ret), traj = jax.lax.scan(env_step, carry, noise, c.n_steps)
+    last_value = net.apply(ts.params, prep(ts.obs_rms, env_state.obs), method=ActorCritic.value)
+    adv, ret = compute_gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
+    return RunnerState(ts, env_state, ep_ret), Rollout(traj, last_value, adv, ret)
+
+  return collect
+
+
 def make_runner(config: PPOConfig, env=None):
   """Returns `(init, run)`: `init(key) -> RunnerState` and `run(runner, n) -> (RunnerState, metrics)`, which does
   `n` (static) updates. Splitting a run into chunks gives the same bits as one `train` (the CLI logs,
-  checkpoints and resumes between chunks); both are pure and vmap over seeds.
+  checkpoints and resumes between chunks); both are pure and vmap over seeds. Each update collects a rollout
+  with `make_collector`, then runs the SGD epochs.
 
   `metrics[name]` has shape [n]; names and meanings follow SB3's logger:
     timesteps, ep_rew_mean (mean raw reward sum of the episodes completed in that rollout; NaN if none),
@@ -320,10 +375,7 @@ def make_runner(config: PPOConfig, env=None):
   env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
   obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
   net, tx, loss_fn = make_learner(c, env.action_size)
-
-  def prep(rms, obs_dict):
-    x = flatten_obs(obs_dict)
-    return rms.normalize(x, c.clip_obs) if c.normalize_obs else x
+  collect = make_collector(c, env)
 
   def update_rms(rms, obs_dict):
     return rms.update(flatten_obs(obs_dict)) if c.normalize_obs else rms
@@ -335,23 +387,6 @@ def make_runner(config: PPOConfig, env=None):
     rms = update_rms(RunningMeanStd.create(obs_size), env_state.obs)  # VecNormalize.reset updates the stats
     ts = TrainState(params, tx.init(params), rms, key, jnp.zeros((), jnp.int32))
     return RunnerState(ts, env_state, jnp.zeros(c.num_envs))
-
-  def env_step(carry, _):
-    ts, env_state, ep_ret = carry
-    key, k_act = jax.random.split(ts.key)
-    x = prep(ts.obs_rms, env_state.obs)
-    mean, log_std, value = net.apply(ts.params, x)
-    action = mean + jnp.exp(log_std) * jax.random.normal(k_act, mean.shape)
-    log_prob = gaussian_log_prob(action, mean, log_std)
-    env_state = env.step(env_state, jnp.clip(action, -1.0, 1.0))
-    # VecNormalize.step_wait: update the stats with the new obs, then normalise it and the terminal obs.
-    rms = update_rms(ts.obs_rms, env_state.obs)
-    done, trunc = env_state.done, env_state.info["truncation"]
-    final_value = net.apply(ts.params, prep(rms, env_state.info["final_obs"]), method=ActorCritic.value)
-    reward = bootstrap_truncation(env_state.reward, trunc, final_value, c.gamma)
-    ep_ret = ep_ret + env_state.reward
-    tr = Transition(x, action, log_prob, value, reward, done, ep_ret * done, env_state.info["is_success"] * done)
-    return (ts.replace(key=key, obs_rms=rms), env_state, ep_ret * (1.0 - done)), tr
 
   def sgd_epoch(carry, _):
     ts, batch = carry
@@ -369,11 +404,9 @@ def make_runner(config: PPOConfig, env=None):
     return (ts, batch), info
 
   def update(carry, _):
-    ts, env_state, ep_ret = carry
-    (ts, env_state, ep_ret), traj = jax.lax.scan(env_step, (ts, env_state, ep_ret), None, c.n_steps)
-    last_value = net.apply(ts.params, prep(ts.obs_rms, env_state.obs), method=ActorCritic.value)
-    adv, ret = compute_gae(traj.reward, traj.value, traj.done, last_value, c.gamma, c.gae_lambda)
-    flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, adv, ret))
+    runner, ro = collect(RunnerState(*carry))
+    ts, env_state, ep_ret, traj = runner.train_state, runner.env_state, runner.ep_ret, ro.traj
+    flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, ro.advantages, ro.returns))
     (ts, _), info = jax.lax.scan(sgd_epoch, (ts, flat), None, c.n_epochs)  # info: [epochs, minibatches]
 
     n_done = traj.done.sum()
@@ -386,7 +419,7 @@ def make_runner(config: PPOConfig, env=None):
         entropy_loss=-info["entropy"].mean(),
         approx_kl=info["approx_kl"][-1].mean(),
         loss=info["loss"][-1, -1],
-        explained_variance=explained_variance(traj.value.ravel(), ret.ravel()),
+        explained_variance=explained_variance(traj.value.ravel(), ro.returns.ravel()),
         std=jnp.exp(log_std).mean(),
         n_updates=(ts.step + 1) * c.n_epochs,  # SB3 counts epochs
     )
@@ -449,4 +482,5 @@ def make_act(config: PPOConfig):
 
 __all__ = ["TB_NAMES", "tb_constants", "preset", "config_from_dict", "policy_of", "make_act", "PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
            "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
-           "make_train", "make_learner", "make_runner", "RunnerState", "policy_action", "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
+           "make_train", "make_learner", "make_runner", "make_collector", "Rollout", "RunnerState", "policy_action",
+           "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
