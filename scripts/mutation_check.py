@@ -196,7 +196,7 @@ MUTATIONS = [
       "  out = [next(filled, np.zeros(t.shape, t.dtype)) for t in leaves]", "tests/test_checkpoints.py"),
     M("resume_metrics_from_run_dir", "resume takes metrics.npz of the run directory, not the checkpoint's", TRAIN,
       "saved_metrics if saved_metrics is not None else rd.load_metrics()", "rd.load_metrics()",
-      "tests/test_run_safety.py::test_kill_then_resume_keeps_tensorboard_and_metrics_consistent"),
+      "tests/test_run_safety.py::test_resume_takes_the_metrics_history_from_the_checkpoint"),
     M("tensorboard_not_truncated", "a resumed run keeps the killed process's TensorBoard events", TRAIN,
       "    if resume_step is not None:\n      for s in seeds:", "    if False:\n      for s in seeds:",
       "tests/test_run_safety.py::test_kill_then_resume_keeps_tensorboard_and_metrics_consistent"),

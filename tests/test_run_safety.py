@@ -263,6 +263,16 @@ def test_kill_then_resume_keeps_tensorboard_and_metrics_consistent(full4, tmp_pa
         assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in ref[tag]], rel=1e-6), tag
 
 
+def test_resume_takes_the_metrics_history_from_the_checkpoint(full4, tmp_path):
+  """The checkpoint carries the metrics history: a run directory whose metrics.npz was lost resumes to the same
+  metrics as the uninterrupted run."""
+  d = tmp_path / "r"
+  assert _run4(d, "--pause-at", str(2 * UPDATE)) == 0
+  (d / runs.METRICS).unlink()
+  assert _resume(d) == 0
+  _assert_same_runs(full4, d)
+
+
 def _scalars(seed_dir) -> dict:
   from tensorboardX.proto import event_pb2
 
