@@ -177,6 +177,13 @@ def test_load_policy_drives_gymnasium(run2):
     fetchjax.load_policy(run2, seed_index=2)
 
 
+# The train CLI's eval also records the video episode's qpos: a different XLA program. On cpu the physics runs in
+# C MuJoCo, so the two evals agree to float32 rounding of the returns; warp's physics runs in Warp kernels, outside
+# XLA's fusion; mjx's physics is inside the XLA program, whose float32 rounding changes with the fusion
+# (measured 1.5e-6 relative with mujoco-mjx 3.17.0 over 20 episodes, 2026-11-30).
+SAME_POLICY_REL = {"cpu": 1e-6, "mjx": 1e-5, "warp": 1e-6}
+
+
 def test_eval_cli(run2, tmp_path, capsys):
   from fetchjax import eval as fj_eval
 
@@ -185,7 +192,8 @@ def test_eval_cli(run2, tmp_path, capsys):
   rep = json.loads(out.read_text())
   ref = json.loads((run2 / "eval.json").read_text())
   assert rep["aggregate"]["success_rate"] == ref["aggregate"]["success_rate"]
-  assert rep["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"], rel=1e-6)
+  assert rep["aggregate"]["return_mean"] == pytest.approx(ref["aggregate"]["return_mean"],
+                                                         rel=SAME_POLICY_REL[_backend(run2)])
   gym_out = tmp_path / "g.json"
   assert fj_eval.main(["--run-dir", str(run2), "--n-episodes", "10", "--sim", "gymnasium",
                        "--json-out", str(gym_out)]) == 0
