@@ -73,7 +73,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
       out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
       if record:
         ps = s.pipeline_state
-        out["physics"] = ps[:record] if env.backend_name == "cpu" else ps.qpos[:record]
+        out["physics"] = (ps[:record] if env.backend_name == "cpu" else ps["qpos"][:record] if isinstance(ps, dict)
+                          else ps.qpos[:record])  # cpu: state bits; warp: compact dict; mjx: mjx.Data
       return (nxt, k), out
 
     (last, _), out = jax.lax.scan(body, (state0, key), jnp.arange(T))

@@ -6,8 +6,10 @@
 
 envs:  env-steps/s of the full env step (20 physics substeps + observation + reward + auto-reset) and of the
        physics alone (mocap target + 20 substeps; `cpu`: C MuJoCo threaded as the backend does it, state in and
-       out of one MjData per thread; `mjx`: the vmapped MJX substeps), compile time and memory per size, beside
-       one CPU gymnasium-robotics env.
+       out of one MjData per thread; `mjx`: the vmapped MJX substeps; `warp`: the Warp Data rebuilt from the
+       compact state + 20 substeps, one batch of worlds), compile time and memory per size, beside one CPU
+       gymnasium-robotics env. `--warp KEY=VALUE,...` sets warp knobs (contacts_per_env, njmax, graph_mode,
+       fresh_jdotv); `--physics fast|exact` the MJX/Warp solver caps.
 train: end-to-end training env-steps/s of PPO (FetchReachDense-v4) and SAC+HER (FetchReach-v4, sparse) with
        the device's preset (`book`/`book_her` on CPU, `gpu` on an accelerator) at each num_envs, compile time,
        and the env-vs-learning split: the same env stepped alone for the same number of steps, with random
@@ -41,7 +43,7 @@ from fetchjax.eval import import_gymnasium_robotics
 
 SCHEMA = "fetchjax.profile/1"
 MODES = ("envs", "train", "all")
-PROFILE_BACKENDS = ("cpu", "mjx")
+PROFILE_BACKENDS = ("cpu", "mjx", "warp")
 TRAIN_ALGOS = {"ppo": "FetchReachDense-v4", "sac_her": "FetchReach-v4"}  # the book's ch3 and ch5 Reach runs
 DEFAULT_ENVS = ("FetchReach-v4", "FetchPush-v4")  # the dense variants share the physics
 SAC_EPISODE = 50
@@ -135,9 +137,10 @@ def env_rollout(env, steps: int, repeats: int = 1, seed: int = 0) -> dict:
   return {"env_steps_per_s": n * steps / r["run_s"], "compile_s": r["compile_s"], "memory": r["memory"]}
 
 
-def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str = "fast", repeats: int = 1) -> dict:
+def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str = "fast", repeats: int = 1,
+                  warp=None) -> dict:
   """Env-steps/s of `n` batched fetchjax envs (full env step), with the compile time of the rollout."""
-  env = envs.make(env_id, num_envs=n, backend=backend, physics=physics)
+  env = envs.make(env_id, num_envs=n, backend=backend, physics=physics, **({"warp": warp} if warp else {}))
   r = env_rollout(env, steps, repeats)
   return dict(env=env_id, backend=backend, physics=physics, num_envs=n, steps_per_env=steps, **r)
 
@@ -167,6 +170,45 @@ def _mjx_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
   d0 = jax.jit(env.reset)(jax.random.PRNGKey(seed)).pipeline_state
   r = measure(program, (d0, jax.random.PRNGKey(seed + 1)), repeats)
   return {"physics_steps_per_s": n * steps / r["run_s"], "physics_compile_s": r["compile_s"]}
+
+
+def _warp_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
+  """MJX-Warp: the Warp Data rebuilt from the compact state, mocap target, 20 substeps (with the fresh J̇·v
+  refresh when on), back to the compact state; no final forward, observation, reward or resets."""
+  be, n = env.backend, env.num_envs
+  step = jax.vmap(warp_mjx_step(), in_axes=(None, 0))
+
+  def one_batch(st, a):
+    d = be._data(st)  # pylint: disable=protected-access
+    pose = st["gripper_pose"]
+    d = d.replace(mocap_pos=(pose[:, :3] + a[:, :3] * 0.05)[:, None],
+                  mocap_quat=(pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0]))[:, None])
+    fresh = be.config.fresh_jdotv
+    d = jax.lax.fori_loop(0, be.task.n_substeps,
+                          lambda _, x: step(be.m, be._velocity_stage(x) if fresh else x), d)  # pylint: disable=protected-access
+    g = be.ids.gripper_body
+    return {**st, "qpos": d.qpos, "qvel": d.qvel, "qacc_warmstart": d.qacc_warmstart,
+            "gripper_pose": jnp.concatenate([d.xpos[:, g], d.xquat[:, g]], -1)}
+
+  def program(carry):
+    st, key = carry
+    key, sub = jax.random.split(key)
+
+    def body(st, k):
+      return one_batch(st, jax.random.uniform(k, (n, 4), minval=-1.0, maxval=1.0)), None
+
+    st, _ = jax.lax.scan(body, st, jax.random.split(sub, steps))
+    return (st, key), None
+
+  st0 = jax.jit(env.reset)(jax.random.PRNGKey(seed)).pipeline_state
+  r = measure(program, (st0, jax.random.PRNGKey(seed + 1)), repeats)
+  return {"physics_steps_per_s": n * steps / r["run_s"], "physics_compile_s": r["compile_s"]}
+
+
+def warp_mjx_step():
+  from fetchjax.envs.warp_backend import mjx
+
+  return mjx.step
 
 
 def _cpu_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
@@ -217,14 +259,27 @@ def _cpu_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
 
 
 def physics_rate(env, steps: int, repeats: int = 1) -> dict:
-  return (_cpu_physics if env.backend_name == "cpu" else _mjx_physics)(env, steps, repeats)
+  fn = {"cpu": _cpu_physics, "mjx": _mjx_physics, "warp": _warp_physics}[env.backend_name]
+  return fn(env, steps, repeats)
 
 
-def profile_env(env_id: str, backend: str, n: int, steps: int, physics: str, repeats: int) -> dict:
-  env = envs.make(env_id, num_envs=n, backend=backend, physics=physics)
-  row = dict(env=env_id, backend=backend, physics=physics if backend == "mjx" else "c-mujoco", num_envs=n,
+def profile_env(env_id: str, backend: str, n: int, steps: int, physics: str, repeats: int, warp=None,
+                env_step_only: bool = False) -> dict:
+  env = envs.make(env_id, num_envs=n, backend=backend, physics=physics, **({"warp": warp} if warp else {}))
+  row = dict(env=env_id, backend=backend, physics=physics if backend != "cpu" else "c-mujoco", num_envs=n,
              steps_per_env=steps)
+  if backend == "warp":
+    import dataclasses as _dc
+
+    row["warp"] = {**_dc.asdict(env.backend.config), "contacts_per_env": env.backend.contacts_per_env,
+                   "njmax": env.backend.njmax}
   row.update(env_rollout(env, steps, repeats))
+  if backend == "warp":  # contacts / constraint rows of the last step vs the buffers
+    st = jax.jit(lambda k: env.step(env.reset(k), jnp.zeros((n, 4))).pipeline_state)(jax.random.PRNGKey(0))
+    row["warp_capacity"] = env.backend.capacity(st)
+  if env_step_only:  # one program per size (e.g. to fit a GPU time budget: each compiles for ~1 min there)
+    row.update(physics_steps_per_s=None, physics_compile_s=None, physics_share=None)
+    return row
   row.update(physics_rate(env, steps, repeats))
   row["physics_share"] = row["env_steps_per_s"] / row["physics_steps_per_s"]  # of the full step's time
   return row
@@ -320,7 +375,8 @@ def plot(report: dict, path: str) -> str:
       env_color.setdefault(pts[0]["env"], c)
       if mode == "envs":
         ax.plot(x, [r["env_steps_per_s"] for r in pts], "o-", color=c, label=f"{name}: env step")
-        ax.plot(x, [r["physics_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: physics only")
+        if all(r.get("physics_steps_per_s") for r in pts):
+          ax.plot(x, [r["physics_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: physics only")
       else:
         ax.plot(x, [r["env_steps_per_s"] for r in pts], "o-", color=c, label=f"{name}: training ({pts[0]['env']})")
         ax.plot(x, [r["env_only_steps_per_s"] for r in pts], "x--", color=c, label=f"{name}: env only, same size")
@@ -360,10 +416,46 @@ def _sizes(items: list[str] | None) -> list[int] | None:
   return sorted(dict.fromkeys(sizes))
 
 
-def defaults(accelerator: bool) -> dict:
-  """Per-device defaults: MJX and thousands of envs on an accelerator; C MuJoCo and small sizes on CPU."""
+def _warp_options(items: list[str] | None) -> dict | None:
+  """`contacts_per_env=48,njmax=128,graph_mode=WARP,fresh_jdotv=false` -> WarpConfig fields (validated)."""
+  if not items:
+    return None
+  from fetchjax.envs.warp_backend import WarpConfig
+
+  out = {}
+  for item in _csv(items):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise UsageError(f"--warp takes KEY=VALUE items, got {item!r}")
+    if key == "tolerance":
+      try:
+        out[key] = float(value)
+      except ValueError:
+        raise UsageError(f"--warp tolerance must be a number, got {value!r}") from None
+    elif key in ("contacts_per_env", "njmax", "iterations", "ls_iterations"):
+      try:
+        out[key] = int(value)
+      except ValueError:
+        raise UsageError(f"--warp {key} must be an integer, got {value!r}") from None
+    elif key == "fresh_jdotv":
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"--warp fresh_jdotv must be true or false, got {value!r}")
+      out[key] = value.lower() in ("true", "1")
+    else:
+      out[key] = value
+  try:
+    WarpConfig.of(out)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return out
+
+
+def defaults(accelerator: bool, nvidia_warp: bool = False) -> dict:
+  """Per-device defaults: MJX (both implementations on an NVIDIA GPU with warp-lang) and thousands of envs on an
+  accelerator; C MuJoCo and small sizes on CPU."""
   if accelerator:
-    return {"backends": ["mjx"], "envs_sizes": [256, 1024, 4096, 16384], "train_sizes": [256, 1024, 4096, 16384]}
+    return {"backends": ["warp", "mjx"] if nvidia_warp else ["mjx"], "envs_sizes": [256, 1024, 4096, 16384],
+            "train_sizes": [256, 1024, 4096, 16384]}
   return {"backends": ["cpu"], "envs_sizes": [1, 16, 64], "train_sizes": [8, 32]}
 
 
@@ -376,11 +468,17 @@ def parse(argv) -> argparse.Namespace:
   p.add_argument("--algos", nargs="+", default=None, help=f"train mode (default {','.join(TRAIN_ALGOS)})")
   p.add_argument("--num-envs", nargs="+", default=None,
                  help="sizes, e.g. 1,16,64 (default: 1,16,64 envs / 8,32 train on CPU; 256,...,16384 elsewhere)")
-  p.add_argument("--backends", nargs="+", default=None, help="cpu and/or mjx (default: cpu on CPU, mjx elsewhere)")
+  p.add_argument("--backends", nargs="+", default=None,
+                 help="cpu, mjx and/or warp (default: cpu on CPU; warp,mjx on NVIDIA GPUs; mjx elsewhere)")
+  p.add_argument("--warp", nargs="+", default=None, metavar="KEY=VALUE",
+                 help="warp backend knobs: contacts_per_env=N, njmax=N, graph_mode=WARP|JAX|..., fresh_jdotv=true|false, "
+                      "iterations=N, ls_iterations=N, tolerance=X")
   p.add_argument("--steps", type=int, default=None,
                  help="env steps per env per timed call (default 50 envs; train: 64 = PPO n_steps, SAC 1 episode)")
   p.add_argument("--repeats", type=int, default=1, help="timed calls per measurement, fastest kept (default 1)")
   p.add_argument("--physics", default="fast", choices=("fast", "exact"), help="MJX solver profile (default fast)")
+  p.add_argument("--env-step-only", action="store_true",
+                 help="envs mode: measure the full env step only, not also the physics alone (half the compiles)")
   p.add_argument("--gym-steps", type=int, default=2000,
                  help="steps of the gymnasium-robotics reference per env id (0: skip it)")
   p.add_argument("--out", default=None, help="output directory (default profile_<timestamp>/)")
@@ -399,6 +497,7 @@ def parse(argv) -> argparse.Namespace:
     if unknown:
       raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(PROFILE_BACKENDS)}")
     a.num_envs = _sizes(a.num_envs)
+    a.warp = _warp_options(a.warp)
     for name in ("steps", "repeats"):
       v = getattr(a, name)
       if v is not None and v < 1:
@@ -428,7 +527,7 @@ def main(argv=None) -> int:
 def run(a: argparse.Namespace, argv: list[str]) -> int:
   import_gymnasium_robotics()
   accelerator = jax.default_backend() != "cpu"
-  dflt = defaults(accelerator)
+  dflt = defaults(accelerator, accelerator and envs.default_backend() == "warp")
   backends = a.backends or dflt["backends"]
   modes = ["envs", "train"] if a.mode == "all" else [a.mode]
   sizes = {m: a.num_envs or dflt[f"{m}_sizes"] for m in modes}
@@ -440,13 +539,16 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
                 date=runs.now(), device={**runs.device_info(), "name": str(dev)}, versions=runs.versions(),
                 git_commit=runs.git_commit(), cpu_count=os.cpu_count(),
                 settings=dict(modes=modes, envs=a.envs, algos=a.algos, backends=backends, num_envs=sizes,
-                              steps=steps, repeats=a.repeats, physics=a.physics, gym_steps=a.gym_steps),
+                              steps=steps, repeats=a.repeats, physics=a.physics, gym_steps=a.gym_steps,
+                              warp=a.warp),
                 gymnasium={}, envs=[], train=[])
   say = lambda *x: print(*x, flush=True)  # noqa: E731
   say(f"fetchjax.profile {a.mode}: device {report['device']['kind']} ({dev.platform}), backends {backends}, "
       f"sizes {sizes} -> {a.out}")
   if "mjx" in backends and not accelerator:
     say("note: MJX-JAX on a CPU compiles for ~1 minute per program and steps far slower than C MuJoCo")
+  if "warp" in backends and not accelerator:
+    say("note: MJX-Warp on a CPU launches its kernels one by one: far slower than C MuJoCo (a correctness path)")
   failures = 0
 
   def attempt(what: str, fn):
@@ -478,14 +580,17 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
       for backend in backends:
         for n in sizes["envs"]:
           row = attempt(f"{env_id} {backend} num_envs={n}",
-                        lambda: profile_env(env_id, backend, n, steps["envs"], a.physics, a.repeats))
+                        lambda: profile_env(env_id, backend, n, steps["envs"], a.physics, a.repeats, a.warp,
+                                            a.env_step_only))
           row.update(mode="envs", env=env_id, backend=backend, num_envs=n)
           if "error" not in row:
             row["vs_gymnasium"] = vs_gym(env_id, row["env_steps_per_s"])
             pc = row["physics_compile_s"]
+            phys = row["physics_steps_per_s"]
             say(f"{env_id:20s} {backend:4s} num_envs={n:6d}: env step {row['env_steps_per_s']:10,.0f} steps/s"
                 + (f" ({row['vs_gymnasium']:.2f}x gymnasium)" if row["vs_gymnasium"] else "")
-                + f", physics only {row['physics_steps_per_s']:10,.0f} steps/s; compile {row['compile_s']:.1f} s"
+                + (f", physics only {phys:10,.0f} steps/s" if phys is not None else "")
+                + f"; compile {row['compile_s']:.1f} s"
                 + (f" (physics {pc:.1f} s)" if pc is not None else "") + _mem(row["memory"]))
           report["envs"].append(row)
           runs.write_json(json_path, report)  # after every row: an interrupted run keeps what it measured

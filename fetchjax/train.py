@@ -376,8 +376,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
                 n_envs=cfg.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
                 checkpoint_every=ckpt_every, backend=backend,
-                physics="C MuJoCo, stock gymnasium-robotics model (float64)" if backend == "cpu"
-                else "MJX-JAX, edited model, float32",
+                physics=PHYSICS_DESCRIPTION.get(backend, backend),
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
                 command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
     with stop.critical():
@@ -513,6 +512,11 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
   rd.update_meta(status="finished", finished_at=runs.now(),
                  eval_success_rate=report["aggregate"]["success_rate"] if report else None)
   say(f"done: {rd.path}")
+
+
+PHYSICS_DESCRIPTION = {"cpu": "C MuJoCo, stock gymnasium-robotics model (float64)",
+                       "mjx": "MJX-JAX, edited model, float32",
+                       "warp": "MJX-Warp, stock gymnasium-robotics model, float32"}
 
 
 def _video(rd, plan, out, say) -> None:

@@ -1,9 +1,11 @@
-"""`python -m parity [--quick] [--envs ...] [--out DIR] [--runs RUN_DIR ...] [--skip sb3,transfer,mjx]`
+"""`python -m parity [--quick] [--envs ...] [--out DIR] [--runs RUN_DIR ...] [--skip sb3,transfer,mjx,warp]`
 
 Runs every parity check of fetchjax against CPU gymnasium-robotics and Stable-Baselines3 and writes
 `parity_report.json` and `parity_report.md` into --out. Exit 0 when every check passes, 1 when one fails, 2 on bad
 input. `--quick` (CI, < 10 min on 2 CPU cores): fewer episodes, MJX only for the observation check on
-FetchReach-v4 (no MJX trajectories or MJX scripted runs), short training runs for the transfer checks.
+FetchReach-v4 (no MJX trajectories or MJX scripted runs), warp (MJX-Warp, stock model) trajectories on
+FetchReach-v4 and FetchPush-v4 with 2 episodes and its scripted push on `--warp-episodes` (default 200) episodes,
+short training runs for the transfer checks.
 Without --runs, the transfer checks train their own policies (Reach dense with PPO,
 Reach sparse with SAC+HER); Push transfer needs a trained run (`--runs runs/push`), a CPU cannot train one in
 the suite's time.
@@ -36,18 +38,21 @@ def _args(argv):
   p.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
                  help="trained fetchjax run directories for the transfer checks (instead of training)")
   p.add_argument("--only", default=None, help=f"comma-separated groups to run: {','.join(GROUPS)}")
-  p.add_argument("--skip", default="", help="comma-separated groups or 'mjx' to skip")
+  p.add_argument("--skip", default="", help="comma-separated groups or 'mjx' / 'warp' (a backend) to skip")
   p.add_argument("--episodes", type=int, default=None, help="scripted-controller episodes (default 200)")
+  p.add_argument("--warp-episodes", type=int, default=None,
+                 help="scripted-controller episodes on the warp backend (default: --episodes)")
   a = p.parse_args(argv)
   unknown = sorted(set(a.envs) - set(penvs.ENV_IDS))
   if unknown:
     p.error(f"unknown env id(s) {unknown}; parity covers {', '.join(penvs.ENV_IDS)}")
   names = {g for g in (a.only or ",".join(GROUPS)).split(",") if g} | {g for g in a.skip.split(",") if g}
-  bad = sorted(names - set(GROUPS) - {"mjx"})
+  bad = sorted(names - set(GROUPS) - {"mjx", "warp"})
   if bad:
-    p.error(f"unknown group(s) {bad}; groups: {', '.join(GROUPS)}, mjx")
-  if a.episodes is not None and a.episodes < 1:
-    p.error("--episodes must be >= 1")
+    p.error(f"unknown group(s) {bad}; groups: {', '.join(GROUPS)}, mjx, warp")
+  for flag in ("episodes", "warp_episodes"):
+    if getattr(a, flag) is not None and getattr(a, flag) < 1:
+      p.error(f"--{flag.replace('_', '-')} must be >= 1")
   for r in a.runs:
     if not os.path.isfile(os.path.join(r, "meta.json")):
       p.error(f"no fetchjax run directory at {r} (meta.json missing)")
@@ -64,8 +69,16 @@ def main(argv=None) -> int:
 
   groups = [g for g in GROUPS if g in (a.only.split(",") if a.only else GROUPS) and g not in a.skip.split(",")]
   mjx = "mjx" not in a.skip.split(",")
+  warp = "warp" not in a.skip.split(",")
+  warp_missing = False
+  if warp:
+    from fetchjax.envs.warp_backend import warp_available
+
+    warp_missing = not warp_available()
+    warp = not warp_missing
   out_dir = a.out or time.strftime("parity_%Y%m%d-%H%M%S")
   episodes = a.episodes or 200
+  warp_episodes = a.warp_episodes or episodes
   t_start = time.time()
   checks: list[report.Check] = []
 
@@ -86,22 +99,32 @@ def main(argv=None) -> int:
     checks.extend(res)
     say(f"    {sum(c.passed for c in res)}/{len(res)} passed ({time.time() - t0:.0f} s)")
 
+  if warp_missing:
+    checks.append(report.skipped("trajectories", "warp backend checks", "warp-lang is not importable "
+                                 "(pip install 'mujoco-mjx[warp]')"))
   mjx_envs = [e for e in a.envs if not a.quick or e == "FetchReach-v4"]
+  warp_envs = [e for e in a.envs if not a.quick or e in ("FetchReach-v4", "FetchPush-v4")]  # dense: same physics
   for env_id in a.envs:
     if "rewards" in groups:
       run(f"rewards: {env_id}", penvs.rewards, env_id)
     if "observations" in groups and mjx and env_id in mjx_envs:
       run(f"observations: {env_id} (mjx)", penvs.observation_assembly, env_id, 8 if a.quick else 20)
+    if "observations" in groups and warp and env_id in warp_envs:
+      run(f"observations: {env_id} (warp)", penvs.observation_assembly, env_id, 8 if a.quick else 20, 0, "warp")
     if "trajectories" in groups:
       run(f"trajectories: {env_id} (cpu)", penvs.trajectories, env_id, "cpu", 2 if a.quick else 5)
       if mjx and not a.quick:  # MJX trajectories: full suite only (a 1-3 min compile per task on a CPU)
         run(f"trajectories: {env_id} (mjx)", penvs.trajectories, env_id, "mjx", 5)
+      if warp and env_id in warp_envs:
+        run(f"trajectories: {env_id} (warp)", penvs.trajectories, env_id, "warp", 2 if a.quick else 5)
     if "samplers" in groups and env_id in ("FetchReach-v4", "FetchPush-v4"):
       run(f"samplers: {env_id}", penvs.samplers, env_id, 2000, 200 if a.quick else 400)
     if "scripted" in groups and env_id in ("FetchReach-v4", "FetchPush-v4"):
       run(f"scripted: {env_id} (cpu)", penvs.scripted_success, env_id, "cpu", episodes)
       if mjx and not a.quick:
         run(f"scripted: {env_id} (mjx)", penvs.scripted_success, env_id, "mjx", episodes)
+      if warp and (not a.quick or env_id == "FetchPush-v4"):  # the issue's check: scripted push within 3 pp
+        run(f"scripted: {env_id} (warp)", penvs.scripted_success, env_id, "warp", warp_episodes)
   if "transfer" in groups:
     run_dirs = list(a.runs)
     given = {fj_runs.RunDir(r).read_meta()["env_id"] for r in run_dirs}
@@ -124,7 +147,7 @@ def main(argv=None) -> int:
   if "sb3" in groups:
     run("sb3: Stable-Baselines3 parity tests", sb3.run, say)
   dev = jax.devices()[0]
-  meta = dict(quick=a.quick, envs=a.envs, groups=groups, mjx=mjx, wall_s=time.time() - t_start,
+  meta = dict(quick=a.quick, envs=a.envs, groups=groups, mjx=mjx, warp=warp, wall_s=time.time() - t_start,
               device=f"{dev.platform} ({getattr(dev, 'device_kind', '')}, {os.cpu_count()} CPUs)",
               command="python -m parity " + " ".join(shlex.quote(x) for x in (argv if argv is not None
                                                                                 else sys.argv[1:])))

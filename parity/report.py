@@ -23,10 +23,11 @@ class Check:
   detail: str = ""
   ok: bool | None = None
   skipped: str = ""
+  info: bool = False   # a measurement reported without a pass/fail bound (the detail says why)
 
   @property
   def passed(self) -> bool:
-    if self.skipped:
+    if self.skipped or self.info:
       return True
     if self.ok is not None:
       return bool(self.ok)
@@ -34,7 +35,9 @@ class Check:
 
   @property
   def status(self) -> str:
-    return "skip" if self.skipped else ("pass" if self.passed else "FAIL")
+    if self.skipped:
+      return "skip"
+    return "info" if self.info else ("pass" if self.passed else "FAIL")
 
 
 def skipped(group: str, name: str, reason: str, env: str = "") -> Check:
@@ -63,8 +66,9 @@ def write(out_dir: str, checks: Iterable[Check], run: dict) -> tuple[str, str]:
   checks = list(checks)
   os.makedirs(out_dir, exist_ok=True)
   n_fail = sum(not c.passed for c in checks)
-  summary = dict(n_checks=len(checks), n_passed=sum(c.passed and not c.skipped for c in checks),
-                 n_failed=n_fail, n_skipped=sum(bool(c.skipped) for c in checks), passed=n_fail == 0)
+  summary = dict(n_checks=len(checks), n_passed=sum(c.passed and not c.skipped and not c.info for c in checks),
+                 n_failed=n_fail, n_skipped=sum(bool(c.skipped) for c in checks),
+                 n_info=sum(bool(c.info) for c in checks), passed=n_fail == 0)
   doc = dict(run, summary=summary, versions=versions(),
              created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              checks=[dict(dataclasses.asdict(c), value=_num(c.value), tol=_num(c.tol), status=c.status,
@@ -89,7 +93,8 @@ def _fmt(x) -> str:
 def markdown(doc: dict) -> str:
   s = doc["summary"]
   lines = [f"# fetchjax parity report ({'quick' if doc.get('quick') else 'full'})", "",
-           f"{s['n_passed']} passed, {s['n_failed']} failed, {s['n_skipped']} skipped of {s['n_checks']} checks; "
+           f"{s['n_passed']} passed, {s['n_failed']} failed, {s['n_skipped']} skipped, {s.get('n_info', 0)} "
+           f"informational of {s['n_checks']} checks; "
            f"{doc.get('wall_s', 0):.0f} s on {doc.get('device', '?')}, {doc['created_at']}.", "",
            "Command: `" + doc.get("command", "python -m parity") + "`", "",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v), ""]

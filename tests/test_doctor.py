@@ -109,4 +109,12 @@ def test_version_notes():
   notes = doctor.version_notes({**ok, "jax": "0.12.0", "jaxlib": "0.12.0"})
   assert len(notes) == 1 and "outside the tested series (0.10, 0.11.x)" in notes[0]
   assert "install matching versions" in doctor.version_notes({**ok, "jax": "0.11.2"})[0]
-  assert "differ from the validated" in doctor.version_notes({**ok, "mujoco": "3.17.0"})[0]
+  assert "differ from the validated" in doctor.version_notes({**ok, "mujoco": "3.11.0"})[0]
+
+
+def test_warp_step_matches_c_mujoco(tmp_path):
+  """`--warp`: one MJX-Warp step (stock model) from reset, against the C MuJoCo backend's."""
+  status, detail, data = doctor.check_warp(doctor.Context(tmp_path, True))
+  assert status == "OK", detail
+  assert data["obs_error_vs_c"] <= 1e-4 and not data["capacity"]["overflow"]
+  assert [n for n, _ in doctor.steps(warp=True)][-1] == "warp"

@@ -7,9 +7,15 @@ import pytest
 from fetchjax import envs
 
 
+# The API contract holds on every backend; mjx is covered by test_mjx_parity.py and the CLI tests (its programs
+# compile for ~1 min on a CPU), warp (MJX-Warp on the stock model) runs here at small sizes.
+API_BACKENDS = ("cpu", "warp")
+
+
+@pytest.mark.parametrize("backend", API_BACKENDS)
 @pytest.mark.parametrize("env_id,n_obs", [("FetchReach-v4", 10), ("FetchPushDense-v4", 25)])
-def test_layout_and_dtypes(env_id, n_obs):
-  env = envs.make(env_id, num_envs=3, backend="cpu")
+def test_layout_and_dtypes(env_id, n_obs, backend):
+  env = envs.make(env_id, num_envs=3, backend=backend)
   s = jax.jit(env.reset)(jax.random.PRNGKey(0))
   assert env.observation_size == {"observation": n_obs, "achieved_goal": 3, "desired_goal": 3}
   assert s.obs["observation"].shape == (3, n_obs)
@@ -28,8 +34,9 @@ def test_layout_and_dtypes(env_id, n_obs):
                                 np.asarray(s.obs["observation"])[:, 9:11], 0.0)  # blocked fingers
 
 
-def test_scan_autoreset_draws_fresh_goals():
-  env = envs.make("FetchReach-v4", num_envs=4, backend="cpu")
+@pytest.mark.parametrize("backend", API_BACKENDS)
+def test_scan_autoreset_draws_fresh_goals(backend):
+  env = envs.make("FetchReach-v4", num_envs=4, backend=backend)
   s0 = env.reset(jax.random.PRNGKey(1))
 
   def body(s, _):
@@ -59,8 +66,9 @@ def test_scan_autoreset_draws_fresh_goals():
   np.testing.assert_array_equal(final_ag[:49], ag[:49])  # no reset in between: the step's obs is final_obs
 
 
-def test_vmap_over_seeds():
-  env = envs.make("FetchReach-v4", num_envs=2, backend="cpu")
+@pytest.mark.parametrize("backend", API_BACKENDS)
+def test_vmap_over_seeds(backend):
+  env = envs.make("FetchReach-v4", num_envs=2, backend=backend)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   s = jax.jit(jax.vmap(env.reset))(keys)
   assert s.obs["observation"].shape == (3, 2, 10)
@@ -70,8 +78,9 @@ def test_vmap_over_seeds():
   assert len(np.unique(g[:, 0])) == 6
 
 
-def test_actions_are_clipped():
-  env = envs.make("FetchReach-v4", num_envs=1, backend="cpu")
+@pytest.mark.parametrize("backend", API_BACKENDS)
+def test_actions_are_clipped(backend):
+  env = envs.make("FetchReach-v4", num_envs=1, backend=backend)
   s = env.reset(jax.random.PRNGKey(0))
   a = env.step(s, jnp.array([[5.0, -7.0, 3.0, 2.0]]))
   b = env.step(s, jnp.array([[1.0, -1.0, 1.0, 1.0]]))
@@ -84,14 +93,16 @@ def test_actions_are_clipped():
     (dict(env_id="FetchReach-v4", num_envs=2.5), "num_envs"),
     (dict(env_id="FetchReach-v4", backend="tpu9"), "unknown backend"),
     (dict(env_id="FetchReach-v4", backend="mjx", physics="turbo"), "physics profile"),
+    (dict(env_id="FetchReach-v4", backend="warp", physics="turbo"), "physics profile"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     envs.make(**kwargs)
 
 
-def test_bad_action_shape():
-  env = envs.make("FetchReach-v4", num_envs=1, backend="cpu")
+@pytest.mark.parametrize("backend", API_BACKENDS)
+def test_bad_action_shape(backend):
+  env = envs.make("FetchReach-v4", num_envs=1, backend=backend)
   s = env.reset(jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="4 components"):
     env.step(s, jnp.zeros((1, 3)))

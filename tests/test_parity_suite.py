@@ -24,17 +24,21 @@ def test_check_semantics():
   s = report.skipped("transfer", "Push", "no run given")
   assert s.passed and s.status == "skip"
   assert report.Check("g", "err", 2.0, 1.0).status == "FAIL"
+  info = report.Check("g", "chaotic replay", 0.13, math.nan, info=True)  # reported, no bound: never fails
+  assert info.passed and info.status == "info"
 
 
 def test_report_files(tmp_path):
   checks = [report.Check("rewards", "mismatches", 0.0, 0.0, "FetchReach-v4", "count"),
             report.Check("trajectories", "grip | err", 3e-6, 1e-4, "FetchReach-v4", "m", "a|b"),
             report.Check("sb3", "broken", math.nan, 0.0, ok=False, detail="ValueError: x"),
-            report.skipped("transfer", "Push policy transfer", "no run")]
+            report.skipped("transfer", "Push policy transfer", "no run"),
+            report.Check("trajectories", "block after contact", 0.13, math.nan, info=True)]
   jpath, mpath = report.write(str(tmp_path / "out"), checks, dict(quick=True, wall_s=1.0, device="cpu"))
   doc = json.loads(Path(jpath).read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-  assert doc["summary"] == dict(n_checks=4, n_passed=2, n_failed=1, n_skipped=1, passed=False)
-  assert [c["status"] for c in doc["checks"]] == ["pass", "pass", "FAIL", "skip"]
+  assert doc["summary"] == dict(n_checks=5, n_passed=2, n_failed=1, n_skipped=1, n_info=1, passed=False)
+  assert [c["status"] for c in doc["checks"]] == ["pass", "pass", "FAIL", "skip", "info"]
+  assert doc["checks"][4]["tol"] is None
   assert doc["checks"][2]["value"] is None and doc["versions"]["jax"]
   md = Path(mpath).read_text()
   assert "## trajectories" in md and "1 failed" in md
@@ -59,7 +63,7 @@ def test_scripted_controllers_numpy_and_jax_agree():
 
 def test_small_suite_in_process(tmp_path, capsys):
   out = tmp_path / "rep"
-  rc = cli.main(["--quick", "--envs", "FetchReach-v4", "--only", "rewards,trajectories,samplers", "--skip", "mjx",
+  rc = cli.main(["--quick", "--envs", "FetchReach-v4", "--only", "rewards,trajectories,samplers", "--skip", "mjx,warp",
                  "--out", str(out)])
   assert rc == 0, capsys.readouterr().out
   doc = json.loads((out / "parity_report.json").read_text())
@@ -96,6 +100,7 @@ def test_a_crashing_check_is_reported_not_raised(tmp_path, monkeypatch):
     (["--only", "physics"], "unknown group"),
     (["--runs", "/nonexistent/run"], "no fetchjax run directory"),
     (["--episodes", "0"], "--episodes must be >= 1"),
+    (["--warp-episodes", "-3"], "--warp-episodes must be >= 1"),
 ])
 def test_bad_input_is_one_line(args, message):
   env = dict(os.environ, PYTHONPATH=str(ROOT))

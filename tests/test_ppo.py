@@ -133,7 +133,7 @@ def test_config_presets():
   assert (book.num_envs, book.n_steps, book.batch_size, book.n_epochs, book.learning_rate) == (8, 1024, 256, 10, 3e-4)
   assert book.num_updates == 62 and book.num_minibatches == 32  # 500k -> 62 rollouts (spec §1.4.4)
   assert PPOConfig.preset("book", total_timesteps=1_000_000).num_updates == 123
-  assert PPOConfig.preset("gpu").backend == "mjx"
+  assert PPOConfig.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
   with pytest.raises(ValueError, match="unknown PPO preset"):
     PPOConfig.preset("nope")
   with pytest.raises(ValueError, match="unknown PPOConfig field"):

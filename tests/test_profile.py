@@ -150,6 +150,10 @@ def test_existing_profile_is_not_overwritten(report, capsys):
     (["train", "--algos", "ddpg"], "unknown algo 'ddpg'"),
     (["envs", "--steps", "0"], "--steps must be a positive integer"),
     (["benchmark"], "invalid choice: 'benchmark'"),
+    (["envs", "--warp", "turbo"], "--warp takes KEY=VALUE items"),
+    (["envs", "--warp", "njmax=x"], "--warp njmax must be an integer"),
+    (["envs", "--warp", "naconmax=5"], "unknown warp option"),
+    (["envs", "--warp", "graph_mode=FAST"], "unknown warp graph_mode"),
 ])
 def test_bad_flags_in_process(args, msg, capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
@@ -158,6 +162,14 @@ def test_bad_flags_in_process(args, msg, capsys, tmp_path):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("fetchjax.profile: error:") and msg in err[0], err
   assert not (tmp_path / "p").exists()  # nothing is created for a bad command line
+
+
+def test_warp_options_parse():
+  assert profile._warp_options(["contacts_per_env=24,njmax=64", "graph_mode=WARP", "fresh_jdotv=false",
+                                "tolerance=1e-6"]) == {"contacts_per_env": 24, "njmax": 64, "graph_mode": "WARP",
+                                                       "fresh_jdotv": False, "tolerance": 1e-6}
+  assert profile._warp_options(None) is None
+  assert profile.defaults(True, True)["backends"] == ["warp", "mjx"] and profile.defaults(True)["backends"] == ["mjx"]
 
 
 def test_bad_flags_subprocess(tmp_path):

@@ -63,7 +63,7 @@ class PPOConfig:
   normalize_advantage: bool = True    # per minibatch
   normalize_obs: bool = False         # VecNormalize(norm_obs=True, norm_reward=False); off in every book run
   clip_obs: float = 10.0              # VecNormalize default
-  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx"
+  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx", "warp"
 
   def __post_init__(self):
     if self.activation not in _ACTIVATIONS:
@@ -95,7 +95,7 @@ PRESETS: dict[str, PPOConfig] = {
     # Book ch3 (book L2201-2210): 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
     "book": PPOConfig(),
     # Many MJX envs on an accelerator: same per-update data budget per gradient step scaled up (NOT tuned).
-    "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="mjx"),
+    "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="auto"),
 }
 
 

@@ -162,7 +162,7 @@ PRESETS: dict[str, SACConfig] = {
     # Many MJX envs on an accelerator (NOT tuned): 512 envs, 8 gradient steps of 1024 per vectorised step
     # (UTD 1/64, each transition replayed ~16 times vs ~32 in the book), SAC+HER on sparse Reach.
     "gpu": SACConfig(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     learning_starts=10_000, her=True, total_timesteps=5_000_000, backend="mjx"),
+                     learning_starts=10_000, her=True, total_timesteps=5_000_000, backend="auto"),
 }
 
 

@@ -76,7 +76,7 @@ PRESETS: dict[str, TD3Config] = {
     "book_her": TD3Config(env_id="FetchReach-v4", her=True),
     "her": TD3Config(env_id="FetchReach-v4", her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
     "gpu": TD3Config(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="mjx"),
+                     her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="auto"),
 }
 
 

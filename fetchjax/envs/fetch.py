@@ -18,7 +18,8 @@ GoalObs = dict  # {"observation": [..., n], "achieved_goal": [..., 3], "desired_
 class State:
   """One batch of envs. Every leaf has a leading `num_envs` axis.
 
-  pipeline_state: `mjx.Data` (mjx backend) or the uint32 view of C MuJoCo's float64 state (cpu backend).
+  pipeline_state: `mjx.Data` (mjx backend), the uint32 view of C MuJoCo's float64 state (cpu backend), or a dict
+    of the MuJoCo state the next MJX-Warp step reads (warp backend: qpos, qvel, ..., see warp_backend.py).
   obs: the goal dict. After the 50th step it is already the next episode's first observation;
        `info["final_obs"]` keeps the episode's last one (the value to bootstrap from at truncation).
   reward, done: of the transition just taken (done = truncated at the time limit; never terminated).

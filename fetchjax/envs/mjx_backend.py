@@ -19,7 +19,7 @@ from fetchjax.envs.tasks import FetchTask
 
 with contextlib.redirect_stdout(io.StringIO()):  # mjx prints "Failed to import warp" when it is absent
   from mujoco import mjx
-from mujoco.mjx._src import constraint, forward, smooth, solver, support  # noqa: E402
+from mujoco.mjx._src import constraint, forward, smooth, solver  # noqa: E402
 
 # XLA:CPU's batched dense Cholesky was seen to hang at 512 envs in one vmap (mjx_port_notes.md §9b).
 CPU_CHUNK = 128
@@ -39,6 +39,57 @@ def weld_jdotv(m: mjx.Model, d: mjx.Data, qpos_dot: jax.Array) -> jax.Array:
   return jax.jvp(weld_velocity, (d.qpos,), (qpos_dot,))[1]
 
 
+class Observer:
+  """gymnasium-robotics' `_get_obs` for one env from a forwarded `mjx.Data` of either MJX implementation (JAX or
+  Warp): site positions and frames, site Jacobians (as `mj_jacSite`: `cdof` and `subtree_com`) times qvel × dt,
+  `mat2euler`, the finger joints. Returns (observation, achieved_goal)."""
+
+  def __init__(self, task: FetchTask, mj: mujoco.MjModel):
+    self.task, self.ids = task, scene.SceneIds.of(mj)
+    self.dt = task.n_substeps * float(mj.opt.timestep)
+    self._grip = self._site_jac_consts(mj, self.ids.grip_site)
+    self._obj = self._site_jac_consts(mj, self.ids.object_site) if task.has_object else None
+    self._fq, self._fv = np.array(self.ids.finger_qposadr), np.array(self.ids.finger_dofadr)
+
+  @staticmethod
+  def _site_jac_consts(mj, site):
+    """(dof mask, root body) of a site's body: the dofs of the body and its ancestors (support.jac's mask)."""
+    body = int(mj.site_bodyid[site])
+    chain, b = set(), body
+    while True:
+      chain.add(b)
+      if b == 0:
+        break
+      b = int(mj.body_parentid[b])
+    mask = np.array([int(mj.dof_bodyid[i]) in chain for i in range(mj.nv)], np.float32)
+    return mask, int(mj.body_rootid[body])
+
+  @staticmethod
+  def _jac(d, point, consts):
+    """mjx support.jac (translational, rotational) with the mask computed once, in numpy."""
+    mask, root = consts
+    offset = point - d.subtree_com[root]
+    jacp = jax.vmap(lambda a: a[3:] + jnp.cross(a[:3], offset))(d.cdof)
+    return jacp * mask[:, None], d.cdof[:, :3] * mask[:, None]
+
+  def __call__(self, d):
+    ids, dt = self.ids, self.dt
+    grip_pos = d.site_xpos[ids.grip_site]
+    jacp, _ = self._jac(d, grip_pos, self._grip)
+    grip_velp = jacp.T @ d.qvel * dt
+    gripper_state, gripper_vel = d.qpos[self._fq], d.qvel[self._fv] * dt
+    if not self.task.has_object:
+      return jnp.concatenate([grip_pos, gripper_state, grip_velp, gripper_vel]), grip_pos
+    obj_pos = d.site_xpos[ids.object_site]
+    jacp_o, jacr_o = self._jac(d, obj_pos, self._obj)
+    obj_velp = jacp_o.T @ d.qvel * dt - grip_velp
+    obj_velr = jacr_o.T @ d.qvel * dt
+    obj_rot = mat2euler(d.site_xmat[ids.object_site])
+    obs = jnp.concatenate([grip_pos, obj_pos, obj_pos - grip_pos, gripper_state, obj_rot, obj_velp, obj_velr,
+                           grip_velp, gripper_vel])
+    return obs, obj_pos
+
+
 def make_substep(m: mjx.Model, mj: mujoco.MjModel, jdotv: bool = True):
   """mjx.step for these scenes (Euler, no sensors), with the J̇·v weld correction when `jdotv`."""
   if mj.opt.integrator != mujoco.mjtIntegrator.mjINT_EULER:
@@ -46,7 +97,12 @@ def make_substep(m: mjx.Model, mj: mujoco.MjModel, jdotv: bool = True):
   welds = np.nonzero(mj.eq_type == mujoco.mjtEq.mjEQ_WELD)[0]
   if np.any(mj.eq_type == mujoco.mjtEq.mjEQ_CONNECT) or len(welds) != 1:
     raise NotImplementedError("expected exactly one weld and no connect: the weld rows are efc rows 0..5")
-  chain = [j for j in range(mj.njnt) if mj.jnt_type[j] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)]
+  # int(): since mujoco 3.12 `mjtJoint.X == np.int32(...)` is False, so a tuple membership test on the raw value
+  # silently matched nothing (the gymnasium-robotics assert of reference.py; here it zeroed the J̇·v term)
+  hinge_slide = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+  chain = [j for j in range(mj.njnt) if int(mj.jnt_type[j]) in hinge_slide]
+  if not chain:
+    raise RuntimeError("no hinge/slide joints found for the J̇·v term")
   qadr, vadr = np.array(mj.jnt_qposadr[chain]), np.array(mj.jnt_dofadr[chain])
 
   def substep(d: mjx.Data) -> mjx.Data:
@@ -80,28 +136,14 @@ class MjxPhysics:
     self._d0 = d0.replace(qpos=jnp.asarray(reset.qpos, d0.qpos.dtype), qvel=jnp.asarray(reset.qvel, d0.qvel.dtype),
                           time=jnp.asarray(reset.time, d0.time.dtype))
     self._on_cpu = jax.default_backend() == "cpu"
+    self.observer = Observer(task, self.mj)
 
   # --- single-env functions ---------------------------------------------------------------
   def _kinematics(self, d):
     return smooth.com_pos(self.m, smooth.kinematics(self.m, d))
 
   def _observe(self, d):
-    ids, dt = self.ids, self.dt
-    grip_pos = d.site_xpos[ids.grip_site]
-    jacp, _ = support.jac(self.m, d, grip_pos, self.mj.site_bodyid[ids.grip_site])
-    grip_velp = jacp.T @ d.qvel * dt
-    fq, fv = np.array(ids.finger_qposadr), np.array(ids.finger_dofadr)
-    gripper_state, gripper_vel = d.qpos[fq], d.qvel[fv] * dt
-    if not self.task.has_object:
-      return jnp.concatenate([grip_pos, gripper_state, grip_velp, gripper_vel]), grip_pos
-    obj_pos = d.site_xpos[ids.object_site]
-    jacp_o, jacr_o = support.jac(self.m, d, obj_pos, self.mj.site_bodyid[ids.object_site])
-    obj_velp = jacp_o.T @ d.qvel * dt - grip_velp
-    obj_velr = jacr_o.T @ d.qvel * dt
-    obj_rot = mat2euler(d.site_xmat[ids.object_site])
-    obs = jnp.concatenate([grip_pos, obj_pos, obj_pos - grip_pos, gripper_state, obj_rot, obj_velp, obj_velr,
-                           grip_velp, gripper_vel])
-    return obs, obj_pos
+    return self.observer(d)
 
   def _reset_one(self, object_xy):
     d = self._d0

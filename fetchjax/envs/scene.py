@@ -125,8 +125,8 @@ def stock_model(task: FetchTask) -> tuple[mujoco.MjModel, ResetState]:
 def _base_floor_contacts(task: FetchTask) -> np.ndarray:
   """World positions of the base_link mesh vertices C MuJoCo's plane-mesh collider touches at reset.
 
-  The stock base rests *inside* its 1 mm margin band, so C keeps 3 permanent base-floor contacts (12
-  pyramidal rows) that couple into the weld solve: dropping them moves the Reach grip 1.7e-4 m in one step.
+  The stock base rests *inside* its 1 mm margin band, so C keeps 3 (mujoco 3.11) or 4 (3.17) permanent
+  base-floor contacts (12 / 16 pyramidal rows) that couple into the weld solve: dropping them moves the Reach grip 1.7e-4 m in one step.
   """
   m, reset = stock_model(task)
   d = mujoco.MjData(m)
