@@ -59,7 +59,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
   """One episode of every env for every policy (leading axis = training seed), in one jitted program.
 
   Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal [seeds, n, 3]
-  and, if `record` > 0, the physics trajectory of the first `record` envs (T states, the reset one first).
+  and, if `record` > 0, "replay": the `envs.backend.Replay` of the first `record` envs' states [seeds, T, record,
+  ...] (T states, the reset one first).
   """
   T = env.max_episode_steps
   stochastic = keys is not None
@@ -72,9 +73,7 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
       nxt = env.step(s, a)
       out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
       if record:
-        ps = s.pipeline_state
-        out["physics"] = (ps[:record] if env.backend_name == "cpu" else ps["qpos"][:record] if isinstance(ps, dict)
-                          else ps.qpos[:record])  # cpu: state bits; warp: compact dict; mjx: mjx.Data
+        out["physics"] = env.backend.snapshot(s.pipeline_state, record)
       return (nxt, k), out
 
     (last, _), out = jax.lax.scan(body, (state0, key), jnp.arange(T))
@@ -85,7 +84,10 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
   n_seeds = jax.tree.leaves(policies)[0].shape[0]
   seed_keys = keys if stochastic else jnp.zeros((n_seeds, 2), jnp.uint32)
   # state0 is an argument, not a constant baked into the program: the same program serves any eval tasks
-  return jax.tree.map(np.asarray, jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))(policies, seed_keys, state0))
+  out = jax.tree.map(np.asarray, jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))(policies, seed_keys, state0))
+  if record:
+    out["replay"] = env.backend.replay(out.pop("physics"))
+  return out
 
 
 def episode_metrics(out: dict, seed_index: int) -> list[dict]:

@@ -145,70 +145,24 @@ def fetchjax_rate(env_id: str, backend: str, n: int, steps: int, physics: str = 
   return dict(env=env_id, backend=backend, physics=physics, num_envs=n, steps_per_env=steps, **r)
 
 
-def _mjx_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
-  """MJX: the vmapped mocap target + 20 substeps of `MjxPhysics._step_one`, without kinematics, observation,
-  reward or resets (the backend's internals: there is no public physics-only entry point)."""
+def _jax_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
+  """mjx, warp: `steps` of the backend's `physics_step` (mocap target + substeps; no kinematics, observation,
+  reward or resets) in one jitted scan."""
   be, n = env.backend, env.num_envs
-  substep, batched = be._substep, be._batched  # pylint: disable=protected-access
-  g = be.ids.gripper_body
-  quat_delta = jnp.array([1.0, 0.0, 1.0, 0.0])
-
-  def one(d, a):
-    d = d.replace(mocap_pos=(d.xpos[g] + a[:3] * 0.05)[None], mocap_quat=(d.xquat[g] + quat_delta)[None])
-    return jax.lax.fori_loop(0, be.task.n_substeps, lambda _, x: substep(x), d)
 
   def program(carry):
-    d, key = carry
+    state, key = carry
     key, sub = jax.random.split(key)
 
-    def body(d, k):
-      return batched(one, d, jax.random.uniform(k, (n, 4), minval=-1.0, maxval=1.0)), None
+    def body(state, k):
+      return be.physics_step(state, jax.random.uniform(k, (n, 4), minval=-1.0, maxval=1.0)), None
 
-    d, _ = jax.lax.scan(body, d, jax.random.split(sub, steps))
-    return (d, key), None
+    state, _ = jax.lax.scan(body, state, jax.random.split(sub, steps))
+    return (state, key), None
 
-  d0 = jax.jit(env.reset)(jax.random.PRNGKey(seed)).pipeline_state
-  r = measure(program, (d0, jax.random.PRNGKey(seed + 1)), repeats)
+  state0 = jax.jit(env.reset)(jax.random.PRNGKey(seed)).pipeline_state
+  r = measure(program, (state0, jax.random.PRNGKey(seed + 1)), repeats)
   return {"physics_steps_per_s": n * steps / r["run_s"], "physics_compile_s": r["compile_s"]}
-
-
-def _warp_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
-  """MJX-Warp: the Warp Data rebuilt from the compact state, mocap target, 20 substeps (with the fresh J̇·v
-  refresh when on), back to the compact state; no final forward, observation, reward or resets."""
-  be, n = env.backend, env.num_envs
-  step = jax.vmap(warp_mjx_step(), in_axes=(None, 0))
-
-  def one_batch(st, a):
-    d = be._data(st)  # pylint: disable=protected-access
-    pose = st["gripper_pose"]
-    d = d.replace(mocap_pos=(pose[:, :3] + a[:, :3] * 0.05)[:, None],
-                  mocap_quat=(pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0]))[:, None])
-    fresh = be.config.fresh_jdotv
-    d = jax.lax.fori_loop(0, be.task.n_substeps,
-                          lambda _, x: step(be.m, be._velocity_stage(x) if fresh else x), d)  # pylint: disable=protected-access
-    g = be.ids.gripper_body
-    return {**st, "qpos": d.qpos, "qvel": d.qvel, "qacc_warmstart": d.qacc_warmstart,
-            "gripper_pose": jnp.concatenate([d.xpos[:, g], d.xquat[:, g]], -1)}
-
-  def program(carry):
-    st, key = carry
-    key, sub = jax.random.split(key)
-
-    def body(st, k):
-      return one_batch(st, jax.random.uniform(k, (n, 4), minval=-1.0, maxval=1.0)), None
-
-    st, _ = jax.lax.scan(body, st, jax.random.split(sub, steps))
-    return (st, key), None
-
-  st0 = jax.jit(env.reset)(jax.random.PRNGKey(seed)).pipeline_state
-  r = measure(program, (st0, jax.random.PRNGKey(seed + 1)), repeats)
-  return {"physics_steps_per_s": n * steps / r["run_s"], "physics_compile_s": r["compile_s"]}
-
-
-def warp_mjx_step():
-  from fetchjax.envs.warp_backend import mjx
-
-  return mjx.step
 
 
 def _cpu_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
@@ -223,10 +177,8 @@ def _cpu_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
   threads = max(1, min(host.threads, n))
   datas = [mujoco.MjData(m) for _ in range(threads)]  # one hot MjData per thread, as the backend
   states = np.zeros((n, mujoco.mj_stateSize(m, spec)))
-  object_xy = np.asarray(jax.vmap(env.sample_task)(jax.random.split(jax.random.PRNGKey(seed), n))[0], np.float64)
-  for i, xy in enumerate(object_xy):
-    host._reset_into(datas[0], xy)  # pylint: disable=protected-access
-    mujoco.mj_getState(m, datas[0], states[i], spec)
+  object_xy = jax.vmap(env.sample_task)(jax.random.split(jax.random.PRNGKey(seed), n))[0]
+  states[:] = env.backend.physics_state(env.backend.reset(object_xy)[0])  # the backend's own reset states
   actions = np.random.default_rng(seed).uniform(-1.0, 1.0, (steps, n, 4)).astype(np.float32)
   quat_delta = np.array([1.0, 0.0, 1.0, 0.0])
   bounds = np.linspace(0, n, threads + 1).astype(int)
@@ -259,7 +211,7 @@ def _cpu_physics(env, steps: int, repeats: int, seed: int = 0) -> dict:
 
 
 def physics_rate(env, steps: int, repeats: int = 1) -> dict:
-  fn = {"cpu": _cpu_physics, "mjx": _mjx_physics, "warp": _warp_physics}[env.backend_name]
+  fn = _cpu_physics if env.backend_name == "cpu" else _jax_physics
   return fn(env, steps, repeats)
 
 

@@ -238,7 +238,7 @@ def render_frames(env_id: str, qpos: np.ndarray, goal: np.ndarray, width: int = 
   goal: [T, 3] or [3], drawn with the `target0` marker as gymnasium-robotics' `_render_callback` does.
   camera: None = gymnasium-robotics' Fetch view; a dict overrides free-camera fields of that view (distance,
     azimuth, elevation, lookat); a str/int selects a camera of the model (e.g. "head_camera_rgb").
-  mocap_pos [T, 3] / mocap_quat [T, 4] (optional, see `mocap_from_physics_state`): the translucent green
+  mocap_pos [T, 3] / mocap_quat [T, 4] (optional, e.g. from the cpu backend's `replay`): the translucent green
     crosshair of the mocap target that gymnasium-robotics draws. Not in qpos, so without them it is hidden
     rather than drawn at the world origin; with them (and the same goal) frames match gymnasium-robotics'
     `render()` pixel for pixel on the same GL stack.
@@ -272,32 +272,6 @@ def render_frames(env_id: str, qpos: np.ndarray, goal: np.ndarray, width: int = 
       mujoco.mj_forward(m, d)
       frames[t] = r.render(d)
   return frames
-
-
-def _state_part(env_id: str, state_f64: np.ndarray, part: mujoco.mjtState) -> np.ndarray:
-  """One component of float64 mjSTATE_INTEGRATION vectors [..., nstate]: components are stored in the order
-  of their bits, so the offset is the size of the lower-bit components."""
-  m, _ = scene.stock_model(TASKS[env_id])
-  state_f64 = np.asarray(state_f64, np.float64)
-  full = int(mujoco.mjtState.mjSTATE_INTEGRATION)
-  n = mujoco.mj_stateSize(m, full)
-  if state_f64.shape[-1] != n:
-    raise ValueError(f"expected mjSTATE_INTEGRATION vectors of size {n} for {env_id}, got {state_f64.shape}")
-  start = mujoco.mj_stateSize(m, full & (int(part) - 1))
-  return state_f64[..., start:start + mujoco.mj_stateSize(m, int(part))].copy()
-
-
-def qpos_from_physics_state(env_id: str, state_f64: np.ndarray) -> np.ndarray:
-  """qpos [..., nq] from float64 mjSTATE_INTEGRATION vectors [..., nstate] of the stock model (the cpu
-  backend's `CPhysics.physics_state`), for `render_frames`."""
-  return _state_part(env_id, state_f64, mujoco.mjtState.mjSTATE_QPOS)
-
-
-def mocap_from_physics_state(env_id: str, state_f64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(mocap_pos [..., 3], mocap_quat [..., 4]) of the Fetch mocap body, from the same state vectors."""
-  pos = _state_part(env_id, state_f64, mujoco.mjtState.mjSTATE_MOCAP_POS)
-  quat = _state_part(env_id, state_f64, mujoco.mjtState.mjSTATE_MOCAP_QUAT)
-  return pos, quat
 
 
 def write_video(frames: np.ndarray, path: str, fps: int = 25) -> str:

@@ -523,16 +523,13 @@ def _video(rd, plan, out, say) -> None:
   try:
     from fetchjax import render
 
-    phys = out["physics"][0]  # first training seed: [T, record, ...]
+    replay = out["replay"]  # [seeds, T, record, ...]: the first training seed's
     goals = np.asarray(out["final_dg"][0])
     frames = []
-    for e in range(phys.shape[1]):
-      traj, mocap = phys[:, e], {}
-      if traj.dtype == np.uint32:  # cpu backend: float64 mjSTATE_INTEGRATION bits (with the mocap target)
-        states = np.ascontiguousarray(traj).view(np.float64)
-        traj = render.qpos_from_physics_state(plan.env_id, states)
-        mocap = dict(zip(("mocap_pos", "mocap_quat"), render.mocap_from_physics_state(plan.env_id, states)))
-      frames.append(render.render_frames(plan.env_id, np.asarray(traj, np.float64), goals[e], **mocap))
+    for e in range(replay.qpos.shape[2]):
+      mocap = {} if replay.mocap_pos is None else dict(mocap_pos=replay.mocap_pos[0, :, e],
+                                                         mocap_quat=replay.mocap_quat[0, :, e])
+      frames.append(render.render_frames(plan.env_id, replay.qpos[0, :, e], goals[e], **mocap))
     path = rd.video_path(plan.algo, plan.env_id, plan.seeds[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     render.write_video(np.concatenate(frames), str(path), fps=25)

@@ -94,12 +94,7 @@ def observation_assembly(env_id: str, n_states: int = 20, seed: int = 0, backend
   from fetchjax import envs
 
   env = envs.make(env_id, num_envs=1, backend=backend)
-  phys = env.backend
-  if backend == "warp":
-    assemble = jax.jit(lambda qpos, qvel: phys.observe_states(qpos[None], qvel[None])[0][0])
-  else:
-    assemble = jax.jit(lambda qpos, qvel: phys._observe(phys._kinematics(
-        phys._d0.replace(qpos=qpos.astype(phys._d0.qpos.dtype), qvel=qvel.astype(phys._d0.qvel.dtype))))[0])
+  assemble = jax.jit(lambda qpos, qvel: env.backend.observe_states(qpos[None], qvel[None])[0][0])
   ref = reference(env_id)
   rng = np.random.default_rng(seed)
   errs = []

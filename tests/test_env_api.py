@@ -122,3 +122,56 @@ def test_mjx_batches_are_chunked_on_cpu():
     x = jnp.arange(n, dtype=jnp.float32)
     np.testing.assert_array_equal(np.asarray(phys._batched(lambda v: v * 2.0, x)), 2.0 * np.arange(n))
   assert mjx_backend.CPU_CHUNK == 128
+
+
+@pytest.mark.parametrize("backend", ("cpu", "mjx", "warp"))
+def test_backend_protocol(backend):
+  """Outside fetchjax/envs/ a backend is used only through `envs.backend.PhysicsBackend`: its state is opaque,
+  read through snapshot/replay (rendering) and observe_states (parity), timed through physics_step."""
+  from fetchjax.envs.backend import PhysicsBackend, Replay
+
+  env = envs.make("FetchReach-v4", num_envs=2, backend=backend)
+  be = env.backend
+  assert isinstance(be, PhysicsBackend) and be.name == backend == env.backend_name and be.render is None
+  s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+  s = jax.jit(env.step)(s, jnp.full((2, 4), 0.5))
+
+  # snapshot (in a program) -> replay (host): qpos whose kinematics put the grip where the observation says
+  rep = be.replay(jax.jit(lambda ps: be.snapshot(ps, 1))(s.pipeline_state))
+  assert isinstance(rep, Replay) and rep.qpos.shape == (1, be_nq(env)) and rep.qpos.dtype == np.float64
+  assert (rep.mocap_pos is None) == (backend != "cpu")
+  import mujoco
+
+  from fetchjax.envs import cpu_backend, scene
+
+  m, _ = scene.stock_model(env.task)
+  d = mujoco.MjData(m)
+  d.qpos[:] = rep.qpos[0]
+  mujoco.mj_kinematics(m, d)
+  grip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "robot0:grip")
+  np.testing.assert_allclose(d.site_xpos[grip], np.asarray(s.obs["observation"])[0, :3], atol=2e-6)
+
+  # observe_states of C MuJoCo's state (the cpu env's, i.e. gymnasium-robotics') gives that env's observation
+  c_env = envs.make("FetchReach-v4", num_envs=2, backend="cpu")
+  c = jax.jit(c_env.step)(c_env.reset(jax.random.PRNGKey(3)), jnp.full((2, 4), 0.7))
+  c_state = c_env.backend.physics_state(c.pipeline_state)
+  qpos, qvel = (cpu_backend.state_part(m, c_state, p) for p in (mujoco.mjtState.mjSTATE_QPOS,
+                                                                 mujoco.mjtState.mjSTATE_QVEL))
+  obs, ag = jax.jit(be.observe_states)(jnp.asarray(qpos, jnp.float32), jnp.asarray(qvel, jnp.float32))
+  # the state passes in float32 (JAX's default); mjx/warp also compute in float32
+  np.testing.assert_allclose(np.asarray(obs), np.asarray(c.obs["observation"]), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(ag), np.asarray(obs)[:, :3])
+
+  # physics_step moves the arm as the env step does (which then also zeroes Reach's blocked fingers)
+  a = jnp.full((2, 4), -0.4)
+  moved = be.replay(be.snapshot(jax.jit(be.physics_step)(s.pipeline_state, a), 2)).qpos
+  stepped = be.replay(be.snapshot(jax.jit(env.step)(s, a).pipeline_state, 2)).qpos
+  arm = np.setdiff1d(np.arange(m.nq), scene.SceneIds.of(m).finger_qposadr)
+  assert np.abs(moved - rep.qpos[:1]).max() > 1e-3
+  np.testing.assert_allclose(moved[:, arm], stepped[:, arm], atol=0 if backend == "cpu" else 1e-6)
+
+
+def be_nq(env) -> int:
+  from fetchjax.envs import scene
+
+  return scene.stock_model(env.task)[0].nq

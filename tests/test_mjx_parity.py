@@ -138,10 +138,7 @@ def test_observation_assembly_from_c_states(push_mjx, gym_make):
   every component, the velocities included, against gymnasium's `_get_obs` (float32 kinematics, 1e-5)."""
   from tests.test_parity_cpu import push_script
 
-  phys = push_mjx.backend
-  d0 = phys._d0  # the backend's reset data: the state below replaces qpos and qvel
-  assemble = jax.jit(lambda qpos, qvel: phys._observe(phys._kinematics(
-      d0.replace(qpos=qpos.astype(d0.qpos.dtype), qvel=qvel.astype(d0.qvel.dtype))))[0])
+  assemble = jax.jit(lambda qpos, qvel: push_mjx.backend.observe_states(qpos[None], qvel[None])[0][0])
   ref = gym_make("FetchPush-v4")
   got, want = [], []
   for seed in (5, 7):

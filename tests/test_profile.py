@@ -180,3 +180,13 @@ def test_bad_flags_subprocess(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("fetchjax.profile: error:"), r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "warp"])
+def test_physics_only_rate_through_the_backend_interface(backend):
+  """The physics-only column times `PhysicsBackend.physics_step` (jax backends) or C MuJoCo's own loop (cpu)."""
+  from fetchjax import envs
+
+  r = profile.physics_rate(envs.make(ENV, num_envs=2, backend=backend), steps=2)
+  assert _positive(r["physics_steps_per_s"])
+  assert (r["physics_compile_s"] is None) == (backend == "cpu")

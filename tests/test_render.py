@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fetchjax import render
-from fetchjax.envs import scene, tasks
+from fetchjax.envs import cpu_backend, scene, tasks
 
 ENV = "FetchReach-v4"
 SIZE = 96
@@ -68,18 +68,19 @@ def test_state_parts_match_mj_setState(env_id):
     states.append(s)
     want.append((d.qpos.copy(), d.mocap_pos.ravel().copy(), d.mocap_quat.ravel().copy()))
   states = np.array(states).reshape(2, 3, -1)
-  qpos = render.qpos_from_physics_state(env_id, states)
-  mpos, mquat = render.mocap_from_physics_state(env_id, states)
+  part = lambda p: cpu_backend.state_part(m, states, p)  # noqa: E731
+  qpos, mpos, mquat = (part(mujoco.mjtState.mjSTATE_QPOS), part(mujoco.mjtState.mjSTATE_MOCAP_POS),
+                       part(mujoco.mjtState.mjSTATE_MOCAP_QUAT))
   assert qpos.shape == (2, 3, m.nq) and mpos.shape == (2, 3, 3) and mquat.shape == (2, 3, 4)
   np.testing.assert_array_equal(qpos.reshape(6, -1), [w[0] for w in want])
   np.testing.assert_array_equal(mpos.reshape(6, -1), [w[1] for w in want])
   np.testing.assert_array_equal(mquat.reshape(6, -1), [w[2] for w in want])
   with pytest.raises(ValueError, match="mjSTATE_INTEGRATION"):
-    render.qpos_from_physics_state(env_id, states[..., :-1])
+    cpu_backend.state_part(m, states[..., :-1], mujoco.mjtState.mjSTATE_QPOS)
 
 
 def test_cpu_backend_states_give_the_observed_grip():
-  """End to end: the cpu backend's pipeline_state -> qpos puts the grip where the observation says."""
+  """End to end: the cpu backend's snapshot -> replay qpos puts the grip where the observation says."""
   import jax
   import jax.numpy as jnp
 
@@ -88,7 +89,7 @@ def test_cpu_backend_states_give_the_observed_grip():
   env = envs.make(ENV, num_envs=2, backend="cpu")
   s = env.reset(jax.random.PRNGKey(0))
   s = env.step(s, jnp.full((2, 4), 0.5))
-  qpos = render.qpos_from_physics_state(ENV, env.backend.physics_state(s.pipeline_state))
+  qpos = env.backend.replay(env.backend.snapshot(s.pipeline_state, 2)).qpos
   m, _ = scene.stock_model(tasks.TASKS[ENV])
   d = mujoco.MjData(m)
   grip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "robot0:grip")

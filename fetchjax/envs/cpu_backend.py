@@ -11,6 +11,7 @@ the trajectories are gymnasium-robotics' own, bit for bit.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 
 import jax
@@ -19,6 +20,7 @@ import mujoco
 import numpy as np
 
 from fetchjax.envs import reference, scene
+from fetchjax.envs.backend import Replay
 
 reference.import_gymnasium_robotics()  # quietly, before the submodule import below triggers the package's notices
 from gymnasium_robotics.utils.rotations import mat2euler as np_mat2euler  # noqa: E402
@@ -161,11 +163,59 @@ class _HostSim:
     return (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
 
 
+def _host_physics_step(host: "_HostSim", state, action):
+  """C MuJoCo's part of `_HostSim.step`: mocap target from the gripper pose, n_substeps; nothing else."""
+  lead = state.shape[:-1]
+  st = np.ascontiguousarray(state).reshape(-1, 2 * host.nstate).view(np.float64).copy()
+  action = np.asarray(action).reshape(-1, 4)
+  m, gid = host.m, host.ids.gripper_body
+
+  def work(d, idx):
+    for i in idx:
+      mujoco.mj_setState(m, d, st[i], _STATE_SPEC)
+      mujoco.mj_kinematics(m, d)
+      d.mocap_pos[0] = d.xpos[gid] + action[i, :3] * 0.05
+      d.mocap_quat[0] = d.xquat[gid] + host._quat_delta  # pylint: disable=protected-access
+      mujoco.mj_step(m, d, nstep=host.task.n_substeps)
+      mujoco.mj_getState(m, d, st[i], _STATE_SPEC)
+
+  host._parallel(work, len(st))  # pylint: disable=protected-access
+  return st.view(np.uint32).reshape(lead + (-1,))
+
+
+def _host_observe_states(host: "_HostSim", qpos, qvel):
+  """(observation, achieved goal) of given qpos/qvel after mj_forward, as `_get_obs` computes them."""
+  qpos, qvel = np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)
+  buf = host._new_buffers(len(qpos))  # pylint: disable=protected-access
+
+  def work(d, idx):
+    for i in idx:
+      d.qpos[:], d.qvel[:] = qpos[i], qvel[i]
+      mujoco.mj_forward(host.m, d)
+      host._record(d, i, buf)  # pylint: disable=protected-access
+
+  host._parallel(work, len(qpos))  # pylint: disable=protected-access
+  return host._observations(buf)  # pylint: disable=protected-access
+
+
+def state_part(m: mujoco.MjModel, state_f64: np.ndarray, part: mujoco.mjtState) -> np.ndarray:
+  """One component of float64 mjSTATE_INTEGRATION vectors [..., nstate] of model `m`: components are stored in
+  the order of their bits, so the offset is the size of the lower-bit components."""
+  state_f64 = np.asarray(state_f64, np.float64)
+  full = int(_STATE_SPEC)
+  n = mujoco.mj_stateSize(m, full)
+  if state_f64.shape[-1] != n:
+    raise ValueError(f"expected mjSTATE_INTEGRATION vectors of size {n}, got {state_f64.shape}")
+  start = mujoco.mj_stateSize(m, full & (int(part) - 1))
+  return state_f64[..., start:start + mujoco.mj_stateSize(m, int(part))].copy()
+
+
 class CPhysics:
   """C MuJoCo (stock model) behind the backend interface used by `FetchEnv`."""
 
   name = "cpu"
   exact_reset = True
+  render = None  # the pixel issue: frames rendered in the host worker threads
 
   def __init__(self, task: FetchTask, reset: scene.ResetState, threads: int | None = None):
     m, _ = scene.stock_model(task)
@@ -186,6 +236,24 @@ class CPhysics:
     s, o, a = self._shapes(n)
     return jax.pure_callback(self.host.step, (s, o, a, o, a), state, action.astype(jnp.float32), reset_mask,
                              reset_xy, vmap_method="broadcast_all")
+
+  def physics_step(self, state, action):
+    return jax.pure_callback(functools.partial(_host_physics_step, self.host), jax.ShapeDtypeStruct(
+        state.shape, jnp.uint32), state, action.astype(jnp.float32), vmap_method="broadcast_all")
+
+  def observe_states(self, qpos, qvel):
+    n = qpos.shape[0]
+    return jax.pure_callback(functools.partial(_host_observe_states, self.host), self._shapes(n)[1:], qpos, qvel,
+                             vmap_method="sequential")
+
+  def snapshot(self, state, k: int):
+    return state[:k]  # the whole C state (the bits of float64 mjSTATE_INTEGRATION: qpos and the mocap target)
+
+  def replay(self, snapshots) -> Replay:
+    states = self.physics_state(snapshots)
+    part = lambda p: state_part(self.host.m, states, p)  # noqa: E731
+    return Replay(part(mujoco.mjtState.mjSTATE_QPOS), part(mujoco.mjtState.mjSTATE_MOCAP_POS),
+                  part(mujoco.mjtState.mjSTATE_MOCAP_QUAT))
 
   def physics_state(self, state) -> np.ndarray:
     """The float64 mjSTATE_INTEGRATION vectors of a (batched) pipeline_state."""

@@ -14,6 +14,7 @@ import mujoco
 import numpy as np
 
 from fetchjax.envs import scene
+from fetchjax.envs.backend import Replay
 from fetchjax.envs.goal import mat2euler
 from fetchjax.envs.tasks import FetchTask
 
@@ -124,6 +125,7 @@ class MjxPhysics:
   """Batched MJX physics behind the backend interface used by `FetchEnv`."""
 
   name = "mjx"
+  render = None  # MJX-JAX has no batch renderer: the pixel issue renders through the warp backend
 
   def __init__(self, task: FetchTask, reset: scene.ResetState, physics: str = "fast", jdotv: bool = True):
     self.task = task
@@ -155,16 +157,23 @@ class MjxPhysics:
 
   def _step_one(self, d, action):
     # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
-    g = self.ids.gripper_body
-    d = d.replace(mocap_pos=(d.xpos[g] + action[:3] * 0.05)[None],
-                  mocap_quat=(d.xquat[g] + jnp.array([1.0, 0.0, 1.0, 0.0], d.xquat.dtype))[None])
-    d = jax.lax.fori_loop(0, self.task.n_substeps, lambda _, x: self._substep(x), d)
+    d = self._physics_one(d, action)
     if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then forward
       d = d.replace(qpos=d.qpos.at[np.array(self.ids.finger_qposadr)].set(0.0))
     # Only kinematics is recomputed: the next mj_step recomputes everything else from qpos/qvel/warmstart,
     # and the observation reads only positions, frames and Jacobians.
     d = self._kinematics(d)
     return (d, *self._observe(d))
+
+  def _physics_one(self, d, action):
+    g = self.ids.gripper_body
+    d = d.replace(mocap_pos=(d.xpos[g] + action[:3] * 0.05)[None],
+                  mocap_quat=(d.xquat[g] + jnp.array([1.0, 0.0, 1.0, 0.0], d.xquat.dtype))[None])
+    return jax.lax.fori_loop(0, self.task.n_substeps, lambda _, x: self._substep(x), d)
+
+  def _observe_one(self, qpos, qvel):
+    d0 = self._d0
+    return self._observe(self._kinematics(d0.replace(qpos=qpos.astype(d0.qpos.dtype), qvel=qvel.astype(d0.qvel.dtype))))
 
   # --- batched interface ------------------------------------------------------------------
   def _batched(self, fn, *args):
@@ -180,6 +189,20 @@ class MjxPhysics:
 
   def reset(self, object_xy):
     return self._batched(self._reset_one, object_xy)
+
+  def physics_step(self, d, action):
+    """Mocap target + the substeps (no kinematics, observation or reset). Unlike `step`, the next step must
+    start from kinematics of its own: this is for timing the physics alone."""
+    return self._batched(self._physics_one, d, action)
+
+  def observe_states(self, qpos, qvel):
+    return self._batched(self._observe_one, qpos, qvel)
+
+  def snapshot(self, d, k: int):
+    return d.qpos[:k]
+
+  def replay(self, snapshots) -> Replay:
+    return Replay(np.asarray(snapshots, np.float64))
 
   def step(self, d, action, reset_mask, reset_xy):
     d, obs, ag = self._batched(self._step_one, d, action)

@@ -39,6 +39,7 @@ import mujoco
 import numpy as np
 
 from fetchjax.envs import scene
+from fetchjax.envs.backend import Replay
 from fetchjax.envs.mjx_backend import Observer
 from fetchjax.envs.tasks import FetchTask
 
@@ -149,6 +150,7 @@ class WarpPhysics:
   """Batched MJX-Warp physics on the stock model, behind the backend interface used by `FetchEnv`."""
 
   name = "warp"
+  render = None  # the pixel issue: MJX-Warp's batch renderer
 
   def __init__(self, task: FetchTask, reset: scene.ResetState, physics: str = "fast", config=None):
     if not warp_available():
@@ -283,6 +285,13 @@ class WarpPhysics:
 
   def _step_data(self, d, action, gripper_pose):
     """One env step of a flat batch of worlds: mocap target, 20 substeps, blocked fingers, mj_forward."""
+    d = self._physics_data(d, action, gripper_pose)
+    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
+      d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
+    return self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+
+  def _physics_data(self, d, action, gripper_pose):
+    """Mocap target and the substeps of a flat batch of worlds."""
     # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
     d = d.replace(mocap_pos=(gripper_pose[:, :3] + action[:, :3] * 0.05)[:, None],
                   mocap_quat=(gripper_pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0], jnp.float32))[:, None])
@@ -291,10 +300,22 @@ class WarpPhysics:
       substep = lambda _, x: step(self.m, self._velocity_stage(x))  # noqa: E731
     else:
       substep = lambda _, x: step(self.m, x)  # noqa: E731
-    d = jax.lax.fori_loop(0, self.task.n_substeps, substep, d)
-    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
-      d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
-    return self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+    return jax.lax.fori_loop(0, self.task.n_substeps, substep, d)
+
+  def physics_step(self, state, action):
+    """Mocap target + the substeps from the compact state, back to the compact state (no final forward: the
+    gripper pose and contact counts are then stale). One flat batch of worlds, not folded across vmaps: for
+    timing the physics alone."""
+    d = self._physics_data(self._data(state), action.astype(jnp.float32), state["gripper_pose"])
+    g = self.ids.gripper_body
+    return {**state, **{_key(p): _get(d, p) for p in CARRIED},
+            "gripper_pose": jnp.concatenate([d.xpos[:, g], d.xquat[:, g]], -1)}
+
+  def snapshot(self, state, k: int):
+    return state["qpos"][:k]
+
+  def replay(self, snapshots) -> Replay:
+    return Replay(np.asarray(snapshots, np.float64))
 
   def observe_states(self, qpos, qvel):
     """(observation, achieved goal) of given MuJoCo states [n, nq], [n, nv] after mj_forward (parity checks)."""
