@@ -482,7 +482,7 @@ _TD3_CHECKS = {**{k: _SAC_CHECKS[k] for k in ("S3", "S5", "S6", "H4")},
 
 
 def _offpolicy_context(config, env_id, steps) -> dict:
-  from fetchjax.agents.sac import parse_ent_coef  # ent_coef "auto" / "auto_0.1" / 0.05
+  from fetchjax.agents.configs import parse_ent_coef  # ent_coef "auto" / "auto_0.1" / 0.05
 
   auto, alpha = parse_ent_coef(getattr(config, "ent_coef", 0.0))
   return dict(env_id=env_id or getattr(config, "env_id", ""),

@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from fetchjax import diagnostics as dg
+from fetchjax import agents, diagnostics as dg
 from fetchjax.agents.ppo import PPOConfig
+
+PPO = agents.get("ppo")
 
 BOOK = PPOConfig()  # 8 x 1024 = 8192 steps per update, 500k -> 62 updates
 
@@ -42,7 +44,7 @@ def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
 @pytest.mark.parametrize("config,std_end", [
     (BOOK, 0.15),                                                # book fast path, 500k
     (PPOConfig(total_timesteps=1_000_000), 0.08),                # book 3-seed run, 1M
-    (PPOConfig.preset("gpu"), 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
+    (PPO.preset("gpu"), 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
     (PPOConfig(num_envs=2, n_steps=256, total_timesteps=1536), 1.0),  # tiny sanity run, 3 updates
 ])
 def test_healthy_runs_trigger_nothing(config, std_end):

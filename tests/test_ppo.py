@@ -9,7 +9,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fetchjax import agents
 from fetchjax.agents import nets, ppo
+from fetchjax.agents.observations import flatten_obs
+
+PPO = agents.get("ppo")
 from fetchjax.agents.ppo import PPOConfig
 
 
@@ -121,23 +125,23 @@ def test_network_matches_sb3_shape_and_init():
   mean, log_std, value = net.apply(params, jax.random.normal(jax.random.PRNGKey(1), (32, 16)))
   assert mean.shape == (32, 4) and value.shape == (32,)
   assert float(jnp.abs(mean).max()) < 0.1  # 0.01-gain action head
-  assert float(ppo.gaussian_entropy(log_std[0])) == pytest.approx(4 * 0.5 * (1 + math.log(2 * math.pi)), abs=1e-5)
+  assert float(nets.gaussian_entropy(log_std[0])) == pytest.approx(4 * 0.5 * (1 + math.log(2 * math.pi)), abs=1e-5)
   obs = {"observation": jnp.full((1, 10), 3.0), "achieved_goal": jnp.full((1, 3), 1.0),
          "desired_goal": jnp.full((1, 3), 2.0)}
-  np.testing.assert_array_equal(ppo.flatten_obs(obs)[0], [1.0] * 3 + [2.0] * 3 + [3.0] * 10)
+  np.testing.assert_array_equal(flatten_obs(obs)[0], [1.0] * 3 + [2.0] * 3 + [3.0] * 10)
 
 
 # --- config -------------------------------------------------------------------------------------------------
 def test_config_presets():
-  book = PPOConfig.preset("book")
+  book = PPO.preset("book")
   assert (book.num_envs, book.n_steps, book.batch_size, book.n_epochs, book.learning_rate) == (8, 1024, 256, 10, 3e-4)
   assert book.num_updates == 62 and book.num_minibatches == 32  # 500k -> 62 rollouts (spec §1.4.4)
-  assert PPOConfig.preset("book", total_timesteps=1_000_000).num_updates == 123
-  assert PPOConfig.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
+  assert PPO.preset("book", total_timesteps=1_000_000).num_updates == 123
+  assert PPO.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
   with pytest.raises(ValueError, match="unknown PPO preset"):
-    PPOConfig.preset("nope")
+    PPO.preset("nope")
   with pytest.raises(ValueError, match="unknown PPOConfig field"):
-    PPOConfig.preset("book", lr=1e-3)
+    PPO.preset("book", lr=1e-3)
   with pytest.raises(ValueError, match="must divide"):
     PPOConfig(num_envs=8, n_steps=10, batch_size=64)
 
