@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fetchjax import envs, runs
-from fetchjax.eval import import_gymnasium_robotics
+from fetchjax.envs.reference import import_gymnasium_robotics
 
 SCHEMA = "fetchjax.profile/1"
 MODES = ("envs", "train", "all")

@@ -292,7 +292,7 @@ def test_sac_her_sparse_reach_across_seeds_vs_sb3():
   sb3 = pytest.importorskip("stable_baselines3")
   from stable_baselines3.common.callbacks import BaseCallback
 
-  from fetchjax.eval import gymnasium_make
+  from fetchjax.gymnasium_reference import gymnasium_make
 
   cfg = SAC.preset("book_her", **SAC_LEARN)
   init, run = sac.make_runner(cfg)

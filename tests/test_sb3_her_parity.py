@@ -48,12 +48,9 @@ record = Recorder("sb3-her-parity")
 
 @pytest.fixture(scope="module")
 def vec_env():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  venv = DummyVecEnv([lambda: gym.make("FetchReach-v4")])
+  from fetchjax.gymnasium_reference import gymnasium_make
+
+  venv = DummyVecEnv([lambda: gymnasium_make("FetchReach-v4")])
   yield venv
   venv.close()
   if REPORT:

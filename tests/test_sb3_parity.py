@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -179,13 +178,9 @@ class _Recorder(BaseCallback):
 
 @pytest.fixture(scope="module")
 def sb3_run():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
+  from fetchjax.gymnasium_reference import gymnasium_make
 
-  env = DummyVecEnv([lambda: gym.make(ENV_ID)] * N_ENVS)
+  env = DummyVecEnv([lambda: gymnasium_make(ENV_ID)] * N_ENVS)
   assert list(env.observation_space.spaces) == list(OBS_KEYS), "CombinedExtractor order != flatten_obs"
   model = sb3.PPO("MultiInputPolicy", env, n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1,
                   learning_rate=LR, gamma=GAMMA, gae_lambda=LAM, clip_range=CLIP, ent_coef=ENT_COEF,

@@ -17,7 +17,6 @@ measured errors. float32 on both sides.
 from __future__ import annotations
 
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -106,12 +105,9 @@ def _sd(model):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gym_env():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  return lambda: gym.make(ENV_ID)
+  from fetchjax.gymnasium_reference import gymnasium_make
+
+  return lambda: gymnasium_make(ENV_ID)
 
 
 @pytest.fixture(scope="module")
