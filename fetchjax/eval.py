@@ -83,7 +83,7 @@ def aggregate(episodes: list[dict]) -> dict:
 
 
 def across_seeds(values: list[float]) -> dict:
-  """mean, std (ddof 1), ci95 = 2 std / sqrt(n) and n across training seeds (experiment_contract.md §3)."""
+  """mean, std (ddof 1), ci95 = 2 std / sqrt(n) and n across training seeds (the book's reporting convention)."""
   v = np.asarray(values, np.float64)
   std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
   return dict(mean=float(v.mean()), std=std, ci95=2.0 * std / np.sqrt(len(v)), n=len(v))

@@ -15,7 +15,7 @@ BOOK = PPOConfig()  # 8 x 1024 = 8192 steps per update, 500k -> 62 updates
 
 
 def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
-  """A healthy FetchReachDense-v4 PPO run shaped like the book's (algorithms.md §1.5): return -10 -> -0.4,
+  """A healthy FetchReachDense-v4 PPO run shaped like the book's ch3 run: return -10 -> -0.4,
   success 0 -> 1 (milestones), approx_kl 0.005-0.02, clip_fraction 0.05-0.25, std 1 -> std_end, explained
   variance negative at the first update then 0.5-0.99, value_loss ~8 decaying."""
   rng = np.random.default_rng(seed)

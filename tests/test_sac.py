@@ -265,9 +265,10 @@ def test_sac_her_learns_sparse_reach():
   - SB3 2.9.2 SAC + HerReplayBuffer with the same settings (1 env, CPU torch), measured on a 2-core CPU:
     last-40 success 0.95-1.00 over 8 seeds (mean 0.99); fetchjax over 8 other seeds: 0.80-1.00 (mean 0.96);
   - negative control, run here: the same agent WITHOUT HER reaches 0.175 (seed 2; the book's no-HER sparse-Reach
-    runs need ~1M steps, algorithms.md §3.4), so the bar measures what HER adds, and a success metric or env that
-    made sparse Reach trivial would fail it;
-  - the first 40 episodes (random warm-up, then the first updates) stay near 0 (fetch_envs.md §9: random 1%).
+    runs need ~1M steps), so the bar measures what HER adds, and a success metric or env that made sparse Reach
+    trivial would fail it;
+  - the first 40 episodes (random warm-up, then the first updates) stay near 0 (a uniformly random policy
+    succeeds in ~1% of FetchReach-v4 episodes).
   At 8k steps both SB3 (0.13-0.80 over 10 seeds) and fetchjax (0.05-0.95 over 12) are still mid-ramp: one seed's
   value there depends on the platform's float rounding, so the budget is 12k, where every seed has learned."""
   out = {}

@@ -1,4 +1,4 @@
-"""PPO with Stable-Baselines3 semantics (shared/spec/algorithms.md §1) as one jitted JAX program.
+"""PPO with Stable-Baselines3 (2.9.2) semantics as one jitted JAX program.
 
 Structure after purejaxrl: `make_train(config)` builds the env and returns a pure `train(key)` whose whole loop
 (rollout `lax.scan`, GAE, epochs x shuffled minibatches, Adam with global-norm clipping) jits as one program and
@@ -88,7 +88,7 @@ class PPOConfig:
 
 
 PRESETS: dict[str, PPOConfig] = {
-    # Book ch3 (book L2201-2210): 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
+    # Book ch3: 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
     "book": PPOConfig(),
     # Many MJX envs on an accelerator: same per-update data budget per gradient step scaled up (NOT tuned).
     "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="auto"),

@@ -84,9 +84,9 @@ class SACConfig(EpisodeIterations):
 
 
 PRESETS: dict[str, SACConfig] = {
-    # Book ch4 (spec §2.3): SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
+    # Book ch4: SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
     "book": SACConfig(),
-    # Book ch5 (spec §3.3) SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
+    # Book ch5 SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
     "book_her": SACConfig(env_id="FetchReach-v4", gamma=0.95, learning_starts=1_000, her=True),
     # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
     "book_her_push": SACConfig(env_id="FetchPush-v4", gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05,

@@ -12,7 +12,7 @@ warm-up uniform actions while num_timesteps < learning_starts.
 
 Presets: the book runs TD3 only through its companion `train.py --algo td3 [--her]`, which passes SB3 defaults
 except batch 256, buffer 1M, learning_starts 10k, 8 envs and NO action noise ("book", "book_her"); "her" uses
-the SAC+HER hyperparameters of spec §3.3 where they apply (gamma 0.95, learning_starts 1000) with the usual
+the book's ch5 SAC+HER hyperparameters where they apply (gamma 0.95, learning_starts 1000) with the usual
 NormalActionNoise(0.1) (rl-baselines3-zoo); "gpu" is untuned.
 """
 from __future__ import annotations
