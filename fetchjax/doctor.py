@@ -125,7 +125,7 @@ def check_device(ctx: Context):
 def check_envs(ctx: Context):
   import gymnasium as gym
 
-  from fetchjax.eval import import_gymnasium_robotics
+  from fetchjax.envs.reference import import_gymnasium_robotics
 
   import_gymnasium_robotics()
   ids = envs.list_envs()
@@ -233,7 +233,7 @@ def check_ppo_smoke(ctx: Context):
 def check_parity(ctx: Context):
   import gymnasium as gym
 
-  from fetchjax.eval import import_gymnasium_robotics
+  from fetchjax.envs.reference import import_gymnasium_robotics
 
   import_gymnasium_robotics()
   ref = gym.make(PARITY_ENV).unwrapped

@@ -12,7 +12,6 @@ baseline p0 beside every result.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -22,37 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fetchjax import agents, compile_cache, envs, runs
-from fetchjax.envs.reference import import_gymnasium_robotics  # noqa: F401  (re-exported)
-
-
-def gymnasium_make(env_id: str):
-  """The CPU gymnasium-robotics env (the reference), TimeLimit-wrapped as `gym.make` returns it."""
-  import gymnasium as gym
-
-  import_gymnasium_robotics()
-  return gym.make(env_id)
-
-
-def task_of(ref) -> tuple[np.ndarray, np.ndarray]:
-  """(object_xy [2], goal [3]) float64 of a reset, unwrapped gymnasium-robotics Fetch env (xy 0 without object)."""
-  xy = np.zeros(2)
-  if ref.has_object:
-    adr = ref.model.jnt_qposadr[ref._model_names.joint_name2id["object0:joint"]]
-    xy = ref.data.qpos[adr:adr + 2].copy()
-  return xy, ref.goal.copy()
-
-
-@functools.lru_cache(maxsize=8)
-def book_tasks(env_id: str, n: int, seed_base: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(object_xy [n, 2], goal [n, 3]) float64, as CPU gymnasium-robotics samples them on reset(seed=base+i)."""
-  ref = gymnasium_make(env_id).unwrapped
-  xy, goals = np.zeros((n, 2)), np.zeros((n, 3))
-  for i in range(n):
-    ref.reset(seed=seed_base + i)
-    xy[i], goals[i] = task_of(ref)
-  ref.close()
-  return xy, goals
+from fetchjax import compile_cache, envs, runs
+from fetchjax.gymnasium_reference import book_tasks, gymnasium_make
+from fetchjax.policy import load_policy, load_run
 
 
 def rollout(env, act, policies, state0, keys=None, record: int = 0):
@@ -114,7 +85,7 @@ def aggregate(episodes: list[dict]) -> dict:
 
 
 def across_seeds(values: list[float]) -> dict:
-  """mean, std (ddof 1), ci95 = 2 std / sqrt(n) and n across training seeds (experiment_contract.md §3)."""
+  """mean, std (ddof 1), ci95 = 2 std / sqrt(n) and n across training seeds (the book's reporting convention)."""
   v = np.asarray(values, np.float64)
   std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
   return dict(mean=float(v.mean()), std=std, ci95=2.0 * std / np.sqrt(len(v)), n=len(v))
@@ -181,23 +152,6 @@ def gymnasium_episodes(policy, env_id: str, n_episodes: int = 100, seed_base: in
   return episodes
 
 
-def load_run(run_dir, step: int | None = None):
-  """(meta, algo module, config, vmapped policies, checkpoint step) of a run directory."""
-  rd = runs.RunDir(run_dir)
-  meta = rd.read_meta()
-  algo = agents.get(meta["algo"])
-  try:
-    config = algo.config_from_dict(meta["config"])
-  except (KeyError, TypeError, ValueError) as e:
-    raise runs.RunError(f"{rd.meta_path} has no usable config ({e})") from None
-  ckpt_step, raw = rd.restore_raw(step)
-  try:
-    policies = algo.policy_of(raw["runner"])
-  except (KeyError, TypeError) as e:
-    raise runs.RunError(f"checkpoint {ckpt_step} of {rd.path} lacks the policy ({e})") from None
-  return meta, algo, config, policies, ckpt_step
-
-
 def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, deterministic: bool = True,
                  backend: str | None = None, step: int | None = None) -> dict:
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
@@ -207,8 +161,6 @@ def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, determinist
 
 
 def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, step: int | None = None) -> dict:
-  from fetchjax.policy import load_policy
-
   meta = runs.RunDir(run_dir).read_meta()
   t0 = time.time()
   policies = [load_policy(run_dir, i, step) for i in range(len(meta["seeds"]))]

@@ -1,10 +1,29 @@
-"""`load_policy`: a trained fetchjax policy as a plain numpy callable, e.g. to drive CPU gymnasium-robotics."""
+"""The policies of a training run: `load_run` (every seed's, vmapped, as eval scores them) and `load_policy` (one
+seed's deterministic policy as a plain numpy callable, e.g. to drive CPU gymnasium-robotics)."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-_KEYS = ("observation", "achieved_goal", "desired_goal")
+from fetchjax import agents, runs
+from fetchjax.agents.observations import OBS_KEYS
+
+
+def load_run(run_dir, step: int | None = None):
+  """(meta, agents.Algorithm, config, vmapped policies, checkpoint step) of a run directory."""
+  rd = runs.RunDir(run_dir)
+  meta = rd.read_meta()
+  algo = agents.get(meta["algo"])
+  try:
+    config = algo.config_from_dict(meta["config"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise runs.RunError(f"{rd.meta_path} has no usable config ({e})") from None
+  ckpt_step, raw = rd.restore_raw(step)
+  try:
+    policies = algo.policy_of(raw["runner"])
+  except (KeyError, TypeError) as e:
+    raise runs.RunError(f"checkpoint {ckpt_step} of {rd.path} lacks the policy ({e})") from None
+  return meta, algo, config, policies, ckpt_step
 
 
 class Policy:
@@ -19,10 +38,10 @@ class Policy:
     self._act = jax.jit(act)
 
   def __call__(self, obs: dict) -> np.ndarray:
-    missing = [k for k in _KEYS if k not in obs]
+    missing = [k for k in OBS_KEYS if k not in obs]
     if missing:
       raise ValueError(f"observation dict lacks {missing}; expected the goal dict of {self.env_id}")
-    x = {k: np.asarray(obs[k], np.float32) for k in _KEYS}
+    x = {k: np.asarray(obs[k], np.float32) for k in OBS_KEYS}
     single = x["observation"].ndim == 1
     if single:
       x = {k: v[None] for k, v in x.items()}
@@ -36,9 +55,7 @@ class Policy:
 def load_policy(run_dir, seed_index: int = 0, step: int | None = None) -> Policy:
   """The deterministic policy of training seed number `seed_index` (position in the run's seed list) from the
   newest (or the given) checkpoint of a `python -m fetchjax.train` run directory."""
-  from fetchjax import eval as fj_eval, runs
-
-  meta, algo, config, policies, ckpt_step = fj_eval.load_run(run_dir, step)
+  meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
   n = len(meta["seeds"])
   if not 0 <= seed_index < n:
     raise runs.RunError(f"seed_index {seed_index} out of range: the run trained {n} seed(s) {meta['seeds']}")

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fetchjax import envs, runs
-from fetchjax.eval import import_gymnasium_robotics
+from fetchjax.envs.reference import import_gymnasium_robotics
 
 SCHEMA = "fetchjax.profile/1"
 MODES = ("envs", "train", "all")
@@ -245,7 +245,7 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 
 def train_config(algo: str, backend: str, n: int, steps: int):
-  """(agent module, config, preset, iterations per call, env steps per env per call) for one profile point.
+  """(agents.Algorithm, config, preset, iterations per call, env steps per env per call) for one profile point.
 
   PPO: the preset with n_steps = `steps` (minibatch size kept, or the largest divisor of the smaller rollout):
   per transition the learner does the same work as in the preset (n_epochs passes at that minibatch size).
@@ -256,26 +256,26 @@ def train_config(algo: str, backend: str, n: int, steps: int):
 
   env_id = TRAIN_ALGOS[algo]
   if algo == "ppo":
-    mod = agents.get("ppo")
+    agent = agents.get("ppo")
     preset = default_preset("ppo", env_id)
-    base = mod.preset(preset)
+    base = agent.preset(preset)
     batch = _largest_divisor_at_most(n * steps, base.batch_size)
-    cfg = mod.preset(preset, env_id=env_id, num_envs=n, n_steps=steps, batch_size=batch, backend=backend,
-                     total_timesteps=n * steps)
-    return mod, cfg, preset, 1, steps
-  mod = agents.get("sac")
+    cfg = agent.preset(preset, env_id=env_id, num_envs=n, n_steps=steps, batch_size=batch, backend=backend,
+                       total_timesteps=n * steps)
+    return agent, cfg, preset, 1, steps
+  agent = agents.get("sac")
   preset = default_preset("sac", env_id, her=True)
-  base = mod.preset(preset)
+  base = agent.preset(preset)
   iters = max(1, round(steps / SAC_EPISODE))
-  cfg = mod.preset(preset, env_id=env_id, num_envs=n, her=True, learning_starts=0, backend=backend,
-                   buffer_size=max(base.buffer_size, 2 * SAC_EPISODE * n), total_timesteps=SAC_EPISODE * n * iters)
-  return mod, cfg, preset, iters, SAC_EPISODE * iters
+  cfg = agent.preset(preset, env_id=env_id, num_envs=n, her=True, learning_starts=0, backend=backend,
+                     buffer_size=max(base.buffer_size, 2 * SAC_EPISODE * n), total_timesteps=SAC_EPISODE * n * iters)
+  return agent, cfg, preset, iters, SAC_EPISODE * iters
 
 
 def profile_train(algo: str, backend: str, n: int, steps: int, repeats: int, seed: int = 0) -> dict:
-  mod, cfg, preset, iters, steps_per_env = train_config(algo, backend, n, steps)
+  agent, cfg, preset, iters, steps_per_env = train_config(algo, backend, n, steps)
   env = envs.make(cfg.env_id, num_envs=n, backend=backend)
-  init, run = mod.make_runner(cfg, env)
+  init, run = agent.make_runner(cfg, env)
   runner = jax.jit(jax.vmap(init))(jax.random.PRNGKey(seed)[None])  # one seed, vmapped like the train CLI
 
   def program(r):

@@ -8,7 +8,7 @@
       checkpoints_set_aside/  corrupt checkpoints (and ones superseded by resuming from an older step), kept
       metrics.npz          per-update training metrics, [n_seeds, n_updates] each (+ "steps")
       tb/seed<N>/          TensorBoard (tensorboardX) with SB3 metric names, one run per directory
-      eval.json            book evaluation schema (experiment_contract.md §3)
+      eval.json            the book's evaluation report (fetchjax/eval.py: aggregate, across_seeds, per_seed)
       learning_curve.png, videos/<algo>_<EnvId>_seed<N>.mp4, diagnostics.json
 
 `<step>` counts env transitions per seed (SB3's `num_timesteps`).

@@ -231,7 +231,7 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   her_flags = {"her": a.her or None, "n_sampled_goal": a.her_n_sampled_goal,
                "goal_selection_strategy": a.her_strategy, "ent_coef": a.ent_coef, "gamma": a.gamma}
   given = {k: v for k, v in her_flags.items() if v is not None}
-  fields = {f.name for f in dataclasses.fields(algo.preset("book"))}
+  fields = {f.name for f in dataclasses.fields(algo.config_cls)}
   unsupported = [k for k in given if k not in fields]
   if unsupported:
     flags = {"her": "--her", "n_sampled_goal": "--her-n-sampled-goal", "goal_selection_strategy": "--her-strategy",
@@ -241,8 +241,8 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   if (a.her_n_sampled_goal is not None or a.her_strategy) and not a.her:
     raise ValueError("--her-n-sampled-goal / --her-strategy need --her")
   preset = a.preset or default_preset(a.algo, a.env, bool(a.her))
-  if preset not in algo.PRESETS:
-    raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.PRESETS))}")
+  if preset not in algo.presets:
+    raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.presets))}")
   set_values = parse_overrides(a.set)
   own_flags = {"env_id": "--env", "total_timesteps": "--total-steps", "num_envs": "--n-envs", "backend": "--backend"}
   for key, flag in own_flags.items():
@@ -426,8 +426,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
     return "interrupted", []
 
   from fetchjax import diagnostics
-  tb = TensorBoard(rd, plan.seeds, algo.TB_NAMES, resume_step=resumed_from)
-  check = getattr(diagnostics, f"check_{plan.algo}", None)
+  tb = TensorBoard(rd, plan.seeds, algo.tb_names, resume_step=resumed_from)
   line = None if session.quiet else Progress(num_updates * per_update, session.progress.updates * per_update)
   findings: list = []
   t0, start_updates = time.time(), session.progress.updates
@@ -446,7 +445,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       tb.log(steps, metrics, {
           "time/fps": (done - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
           "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, p.updates)
-      found = check(history, session.progress.steps, cfg, plan.env_id) if check else []
+      found = algo.check(history, session.progress.steps, cfg, plan.env_id)
       for f in diagnostics.new_findings(findings, found):
         findings.append(f)
         if line and line.tty:
@@ -507,8 +506,7 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
                                str(rd.path / "learning_curve.png"), f"{plan.algo} {plan.env_id}")
   except Exception as e:  # a missing plotting backend must not lose the run
     say(f"WARN learning curve not written: {type(e).__name__}: {e}")
-  diagnostics.write_diagnostics(str(rd.path / "diagnostics.json"), findings,
-                                getattr(diagnostics, f"{plan.algo.upper()}_RULE_IDS", []))
+  diagnostics.write_diagnostics(str(rd.path / "diagnostics.json"), findings, algo.rule_ids)
   rd.update_meta(status="finished", finished_at=runs.now(),
                  eval_success_rate=report["aggregate"]["success_rate"] if report else None)
   say(f"done: {rd.path}")
@@ -541,7 +539,7 @@ def _video(rd, plan, out, say) -> None:
 def main(argv=None) -> int:
   p = _Parser(prog="python -m fetchjax.train", description=__doc__,
               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--algo", default="ppo", help=f"one of {', '.join(agents.IMPLEMENTED)} (default ppo)")
+  p.add_argument("--algo", default="ppo", help=f"one of {', '.join(agents.ALGORITHMS)} (default ppo)")
   p.add_argument("--env", default=DEFAULT_ENV, help=f"default {DEFAULT_ENV}; one of {', '.join(envs.list_envs())}")
   s = p.add_mutually_exclusive_group()
   s.add_argument("--seed", type=int, default=0, help="one training seed (default 0)")

@@ -44,7 +44,7 @@ SCRIPTED_PP = 0.03
 
 def reference(env_id: str):
   """A CPU gymnasium-robotics env, unwrapped from TimeLimit (we step exactly 50 times)."""
-  from fetchjax.eval import gymnasium_make
+  from fetchjax.gymnasium_reference import gymnasium_make
 
   return gymnasium_make(env_id).unwrapped
 
@@ -160,7 +160,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0, 
   import jax.numpy as jnp
 
   from fetchjax import envs
-  from fetchjax.eval import task_of
+  from fetchjax.gymnasium_reference import task_of
 
   env = envs.make(env_id, num_envs=n_episodes, backend=backend)
 
@@ -256,7 +256,7 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
   import jax
 
   from fetchjax import envs
-  from fetchjax.eval import task_of
+  from fetchjax.gymnasium_reference import task_of
 
   env = envs.make(env_id, num_envs=1, backend="cpu")
   xy, g = (np.asarray(x) for x in jax.jit(jax.vmap(env.sample_task))(jax.random.split(jax.random.PRNGKey(0), n)))
@@ -298,11 +298,12 @@ def scripted_success(env_id: str, backend: str, n_episodes: int = 200, seed_base
   import jax
   import jax.numpy as jnp
 
-  from fetchjax import envs, eval as fj_eval
+  from fetchjax import envs
+  from fetchjax.gymnasium_reference import book_tasks
 
   policy = scripted.for_env(env_id)
   t0 = time.perf_counter()
-  xy, goals = fj_eval.book_tasks(env_id, n_episodes, seed_base)
+  xy, goals = book_tasks(env_id, n_episodes, seed_base)
   env = envs.make(env_id, num_envs=n_episodes, backend=backend)
 
   def episode(s):

@@ -16,7 +16,7 @@ import fetchjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
 import numpy as np
 
-from fetchjax import envs
+from fetchjax import agents, envs
 from fetchjax.agents import ppo
 
 
@@ -37,14 +37,14 @@ def main(argv=None) -> int:
   p.add_argument("--env", default="FetchReachDense-v4", choices=envs.list_envs())
   p.add_argument("--seeds", type=int, default=1)
   p.add_argument("--total-steps", type=int, default=500_000)
-  p.add_argument("--preset", default="book", choices=sorted(ppo.PRESETS))
+  p.add_argument("--preset", default="book", choices=sorted(agents.get("ppo").presets))
   p.add_argument("--backend", default="auto", choices=envs.BACKENDS)
   p.add_argument("--episodes", type=int, default=100)
   a = p.parse_args(argv)
   if a.seeds < 1 or a.total_steps < 1 or a.episodes < 1:
     print("error: --seeds, --total-steps and --episodes must be positive", file=sys.stderr)
     return 2
-  cfg = ppo.PPOConfig.preset(a.preset, env_id=a.env, total_timesteps=a.total_steps, backend=a.backend)
+  cfg = agents.get("ppo").preset(a.preset, env_id=a.env, total_timesteps=a.total_steps, backend=a.backend)
   t0 = time.time()
   train = jax.jit(jax.vmap(ppo.make_train(cfg)))
   state, metrics = train(jax.random.split(jax.random.PRNGKey(0), a.seeds))

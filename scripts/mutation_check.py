@@ -53,6 +53,7 @@ GOAL, FETCH, CPU, MJX = "fetchjax/envs/goal.py", "fetchjax/envs/fetch.py", "fetc
     "fetchjax/envs/mjx_backend.py"
 PPO, HER, SAC, TD3, TRAIN = "fetchjax/agents/ppo.py", "fetchjax/agents/her.py", "fetchjax/agents/sac.py", \
     "fetchjax/agents/td3.py", "fetchjax/train.py"
+OFFPOLICY = "fetchjax/agents/offpolicy.py"
 CKPT = "fetchjax/checkpoints.py"
 CPU_ROLLOUTS = "tests/test_parity_cpu.py::test_multi_episode_rollouts_match_gymnasium"
 SB3_COLLECT = "tests/test_sb3_parity.py::test_collected_rollout_matches_sb3"
@@ -152,7 +153,8 @@ MUTATIONS = [
     M("sac_q_min_metric", "SAC diagnostics: q_min_mean reports Q1's mean", SAC,
       "q_min_mean=jnp.minimum(q1, q2).mean(),\n                log_prob_mean",
       "q_min_mean=q1.mean(),\n                log_prob_mean", "tests/test_sac.py"),
-    M("offpolicy_learning_starts", "off-policy warm-up: random actions while num_timesteps <= learning_starts", SAC,
+    M("offpolicy_learning_starts", "off-policy warm-up: random actions while num_timesteps <= learning_starts",
+      OFFPOLICY,
       "warm = ts.num_timesteps < c.learning_starts", "warm = ts.num_timesteps <= c.learning_starts",
       "tests/test_sac.py"),
     M("td3_no_policy_delay", "TD3: actor and targets updated every step (policy_delay ignored)", TD3,

@@ -1,5 +1,4 @@
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,14 @@ compile_cache.enable(compile_cache.resolve())
 @pytest.fixture(scope="session")
 def gym_make():
   """CPU gymnasium-robotics envs (the reference), unwrapped from TimeLimit."""
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  return lambda env_id: gym.make(env_id).unwrapped
+  from fetchjax.gymnasium_reference import gymnasium_make
+
+  return lambda env_id: gymnasium_make(env_id).unwrapped
 
 
 def task_params(ref):
   """The object xy and goal a reset gymnasium-robotics env sampled (to inject into fetchjax)."""
-  from fetchjax.eval import task_of
+  from fetchjax.gymnasium_reference import task_of
 
   xy, goal = task_of(ref)
   return xy[None], goal[None]

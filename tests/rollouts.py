@@ -96,7 +96,7 @@ class Rollout:
 
 def first_tasks(env_id: str, n: int, seed_base: int):
   """(xy [n, 2], goal [n, 3]) float64 that gymnasium-robotics samples on reset(seed=seed_base + i)."""
-  from fetchjax.eval import book_tasks
+  from fetchjax.gymnasium_reference import book_tasks
 
   return book_tasks(env_id, n, seed_base)
 
@@ -104,7 +104,7 @@ def first_tasks(env_id: str, n: int, seed_base: int):
 def run(env, actions: np.ndarray, tasks, seed_base: int = 0) -> Rollout:
   """Steps `env` (n = env.num_envs) and n gymnasium-robotics envs with `actions` [T, n, 4] float32 from the
   first tasks `tasks` = (xy [n, 2], goal [n, 3]) float64 (gymnasium-sampled, see `first_tasks`)."""
-  from fetchjax.eval import gymnasium_make
+  from fetchjax.gymnasium_reference import gymnasium_make
 
   n, T = env.num_envs, actions.shape[0]
   assert actions.shape == (T, n, 4) and actions.dtype == np.float32

@@ -6,14 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from fetchjax import diagnostics as dg
+from fetchjax import agents, diagnostics as dg
 from fetchjax.agents.ppo import PPOConfig
+
+PPO = agents.get("ppo")
 
 BOOK = PPOConfig()  # 8 x 1024 = 8192 steps per update, 500k -> 62 updates
 
 
 def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
-  """A healthy FetchReachDense-v4 PPO run shaped like the book's (algorithms.md §1.5): return -10 -> -0.4,
+  """A healthy FetchReachDense-v4 PPO run shaped like the book's ch3 run: return -10 -> -0.4,
   success 0 -> 1 (milestones), approx_kl 0.005-0.02, clip_fraction 0.05-0.25, std 1 -> std_end, explained
   variance negative at the first update then 0.5-0.99, value_loss ~8 decaying."""
   rng = np.random.default_rng(seed)
@@ -42,7 +44,7 @@ def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
 @pytest.mark.parametrize("config,std_end", [
     (BOOK, 0.15),                                                # book fast path, 500k
     (PPOConfig(total_timesteps=1_000_000), 0.08),                # book 3-seed run, 1M
-    (PPOConfig.preset("gpu"), 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
+    (PPO.preset("gpu"), 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
     (PPOConfig(num_envs=2, n_steps=256, total_timesteps=1536), 1.0),  # tiny sanity run, 3 updates
 ])
 def test_healthy_runs_trigger_nothing(config, std_end):

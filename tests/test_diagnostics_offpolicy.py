@@ -3,12 +3,14 @@ book's trigger nothing at every prefix; each rule fires alone, at the right seed
 import numpy as np
 import pytest
 
-from fetchjax import diagnostics as dg
+from fetchjax import agents, diagnostics as dg
 from fetchjax.agents import sac, td3
 
-REACH = sac.preset("book_her", total_timesteps=300_000)   # 400 steps per iteration, 750 iterations
-PUSH = sac.preset("book_her_push")                          # ent_coef 0.05, 2M steps, 5000 iterations
-TD3_REACH = td3.preset("her", total_timesteps=200_000)
+SAC, TD3 = agents.get("sac"), agents.get("td3")
+
+REACH = SAC.preset("book_her", total_timesteps=300_000)   # 400 steps per iteration, 750 iterations
+PUSH = SAC.preset("book_her_push")                          # ent_coef 0.05, 2M steps, 5000 iterations
+TD3_REACH = TD3.preset("her", total_timesteps=200_000)
 
 
 def healthy(config=REACH, n_seeds=3, seed=0, onset=None):
@@ -51,7 +53,7 @@ def check(config, h, steps):
   return (dg.check_td3 if isinstance(config, td3.TD3Config) else dg.check_sac)(h, steps, config)
 
 
-@pytest.mark.parametrize("config", [REACH, PUSH, TD3_REACH, sac.preset("book", total_timesteps=200_000)],
+@pytest.mark.parametrize("config", [REACH, PUSH, TD3_REACH, SAC.preset("book", total_timesteps=200_000)],
                          ids=["sac-her-reach", "sac-her-push", "td3-her-reach", "sac-dense-reach"])
 def test_healthy_runs_trigger_nothing(config):
   if config.env_id.endswith("Dense-v4"):
@@ -106,8 +108,8 @@ def _break(h, steps, rule, config):
   raise ValueError(rule)
 
 
-CASES = [("S1", REACH), ("S2", REACH), ("S3", REACH), ("S5", REACH), ("S6", sac.preset("book")),
-         ("H4", sac.preset("book_her", total_timesteps=200_000)),
+CASES = [("S1", REACH), ("S2", REACH), ("S3", REACH), ("S5", REACH), ("S6", SAC.preset("book")),
+         ("H4", SAC.preset("book_her", total_timesteps=200_000)),
          ("H1", PUSH), ("H2", PUSH), ("H11", REACH), ("S1", TD3_REACH), ("S5", TD3_REACH)]
 
 

@@ -119,8 +119,8 @@ def test_reach_rollout_exact_physics_matches_c_mujoco(reach_actions):
 
 
 def test_jdotv_term_matters(reach_rollout, reach_actions):
-  """Without fetchjax's J̇·v weld term MJX drifts from C MuJoCo by millimetres to centimetres (mjx_port_notes.md
-  §6); with it the error is float32-level: ON must be much closer to C than OFF, env by env."""
+  """Without fetchjax's J̇·v weld term MJX drifts from C MuJoCo by millimetres to centimetres (docs/PHYSICS.md,
+  "The J̇·v weld term"); with it the error is float32-level: ON must be much closer to C than OFF, env by env."""
   env_off = envs.make("FetchReach-v4", num_envs=N_ENVS, backend="mjx", jdotv=False)
   off = rollouts.run(env_off, reach_actions[:50], rollouts.first_tasks("FetchReach-v4", N_ENVS, 300), seed_base=300)
   err = lambda ro: np.linalg.norm(ro.ours_final["observation"][:50, :, :3]  # noqa: E731

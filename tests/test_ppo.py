@@ -9,7 +9,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from fetchjax import agents
 from fetchjax.agents import nets, ppo
+from fetchjax.agents.observations import flatten_obs
+
+PPO = agents.get("ppo")
 from fetchjax.agents.ppo import PPOConfig
 
 
@@ -117,27 +121,27 @@ def test_value_loss_and_advantage_norm():
 def test_network_matches_sb3_shape_and_init():
   net = ppo.ActorCritic(4)
   params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16)))
-  assert sum(x.size for x in jax.tree.leaves(params)) == 10_825  # spec §1.3: SB3 MultiInputPolicy count
+  assert sum(x.size for x in jax.tree.leaves(params)) == 10_825  # SB3 2.9.2 MultiInputPolicy's parameter count
   mean, log_std, value = net.apply(params, jax.random.normal(jax.random.PRNGKey(1), (32, 16)))
   assert mean.shape == (32, 4) and value.shape == (32,)
   assert float(jnp.abs(mean).max()) < 0.1  # 0.01-gain action head
-  assert float(ppo.gaussian_entropy(log_std[0])) == pytest.approx(4 * 0.5 * (1 + math.log(2 * math.pi)), abs=1e-5)
+  assert float(nets.gaussian_entropy(log_std[0])) == pytest.approx(4 * 0.5 * (1 + math.log(2 * math.pi)), abs=1e-5)
   obs = {"observation": jnp.full((1, 10), 3.0), "achieved_goal": jnp.full((1, 3), 1.0),
          "desired_goal": jnp.full((1, 3), 2.0)}
-  np.testing.assert_array_equal(ppo.flatten_obs(obs)[0], [1.0] * 3 + [2.0] * 3 + [3.0] * 10)
+  np.testing.assert_array_equal(flatten_obs(obs)[0], [1.0] * 3 + [2.0] * 3 + [3.0] * 10)
 
 
 # --- config -------------------------------------------------------------------------------------------------
 def test_config_presets():
-  book = PPOConfig.preset("book")
+  book = PPO.preset("book")
   assert (book.num_envs, book.n_steps, book.batch_size, book.n_epochs, book.learning_rate) == (8, 1024, 256, 10, 3e-4)
-  assert book.num_updates == 62 and book.num_minibatches == 32  # 500k -> 62 rollouts (spec §1.4.4)
-  assert PPOConfig.preset("book", total_timesteps=1_000_000).num_updates == 123
-  assert PPOConfig.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
+  assert book.num_updates == 62 and book.num_minibatches == 32  # 500k -> 62 rollouts (SB3 learn() stops at >= 500k)
+  assert PPO.preset("book", total_timesteps=1_000_000).num_updates == 123
+  assert PPO.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
   with pytest.raises(ValueError, match="unknown PPO preset"):
-    PPOConfig.preset("nope")
+    PPO.preset("nope")
   with pytest.raises(ValueError, match="unknown PPOConfig field"):
-    PPOConfig.preset("book", lr=1e-3)
+    PPO.preset("book", lr=1e-3)
   with pytest.raises(ValueError, match="must divide"):
     PPOConfig(num_envs=8, n_steps=10, batch_size=64)
 
@@ -187,9 +191,9 @@ def test_learns_reach_dense():
   """~49k steps (12 updates of 16 envs x 256) on FetchReachDense-v4, C MuJoCo backend, ~25 s on 2 cores.
 
   The bar is tied to baselines, not to this code's own run: the policy must beat DOING NOTHING on the same task
-  distribution by 1.5 (p0 = -50 x the mean initial distance; fetch_envs.md §5.3: 0.143 m -> -7.15, checked) and the
-  untrained policy must not (negative control: the first rollout is collected before any update, i.e. what a
-  learning rate of 0 would score; fetch_envs.md §9: a random policy scores -9.91, worse than doing nothing).
+  distribution by 1.5 (p0 = -50 x the mean initial distance, 0.143 m over 1000 gymnasium-robotics resets -> -7.15,
+  checked) and the untrained policy must not (negative control: the first rollout is collected before any update,
+  i.e. what a learning rate of 0 would score; a uniformly random policy scores -9.91, worse than doing nothing).
   Measured (seed 0 / vmapped seeds): first-3-update mean return -10.5 to -10.9, last-3 -4.3 to -4.6 (success
   0 -> ~15%, the book's 0-50k milestone is 5-10%)."""
   do_nothing = _do_nothing_return("FetchReachDense-v4")

@@ -7,7 +7,7 @@ fetchjax: `add(buf, action, env_state)` with the auto-reset observation and `inf
 sampled many times and compared:
   a. book stub (constant achieved goal per episode, goals 10 units away): rewards are -1 for real and 0 for
      virtual samples, so both reward vectors are deterministic and must be EQUAL: success fraction
-     int(0.8 * 512) / 512 = 0.799 (book L4504-4511), real rows first, then virtual;
+     int(0.8 * 512) / 512 = 0.799 (the book's ch5 check of SB3's buffer), real rows first, then virtual;
   b. coded episodes (achieved goal = (episode, t, 0)): the set of sampled episodes (incl. after ring overwrite,
      mid-episode and at an episode boundary), the virtual share and positions, and the distribution of the
      relabelling offset t' - t for future / episode / final against each other and against the exact pmf;
@@ -48,12 +48,9 @@ record = Recorder("sb3-her-parity")
 
 @pytest.fixture(scope="module")
 def vec_env():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  venv = DummyVecEnv([lambda: gym.make("FetchReach-v4")])
+  from fetchjax.gymnasium_reference import gymnasium_make
+
+  venv = DummyVecEnv([lambda: gymnasium_make("FetchReach-v4")])
   yield venv
   venv.close()
   if REPORT:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -45,6 +44,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv  # noqa: E402
 from measured import Recorder, max_abs, rel  # noqa: E402
 
 from fetchjax.agents import ppo  # noqa: E402
+from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob  # noqa: E402
+from fetchjax.agents.observations import OBS_KEYS, flatten_obs  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
 N_ENVS, N_STEPS = 2, 64          # 128 transitions; Fetch episodes are 50 steps -> one truncation per env
@@ -177,14 +178,10 @@ class _Recorder(BaseCallback):
 
 @pytest.fixture(scope="module")
 def sb3_run():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
+  from fetchjax.gymnasium_reference import gymnasium_make
 
-  env = DummyVecEnv([lambda: gym.make(ENV_ID)] * N_ENVS)
-  assert list(env.observation_space.spaces) == list(ppo.OBS_KEYS), "CombinedExtractor order != flatten_obs"
+  env = DummyVecEnv([lambda: gymnasium_make(ENV_ID)] * N_ENVS)
+  assert list(env.observation_space.spaces) == list(OBS_KEYS), "CombinedExtractor order != flatten_obs"
   model = sb3.PPO("MultiInputPolicy", env, n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1,
                   learning_rate=LR, gamma=GAMMA, gae_lambda=LAM, clip_range=CLIP, ent_coef=ENT_COEF,
                   vf_coef=VF_COEF, max_grad_norm=MAX_GRAD_NORM, seed=0, device="cpu", verbose=0)
@@ -204,7 +201,7 @@ def sb3_run():
   return types.SimpleNamespace(
       model=model, rec=rec, cfg=cfg, net=net, loss_fn=loss_fn, tx=tx, logs=dict(model.logger.name_to_value),
       after_sd={k: v.detach().clone() for k, v in model.policy.state_dict().items()},
-      obs=obs, x=np.asarray(ppo.flatten_obs(obs)), actions=flat(rec.buffer["actions"]),
+      obs=obs, x=np.asarray(flatten_obs(obs)), actions=flat(rec.buffer["actions"]),
       old_log_prob=flat(rec.buffer["log_probs"]), adv=flat(rec.buffer["advantages"]),
       ret=flat(rec.buffer["returns"]), values=flat(rec.buffer["values"]))
 
@@ -237,7 +234,7 @@ def test_rollout_postprocessing_matches_sb3(sb3_run):
   params = torch_to_flax(rec.collect_sd)
   mean, log_std, value = run.net.apply(params, run.x)
   record("stored values max abs", max_abs(value, run.values), 1e-5)
-  record("stored log_probs max abs", max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), run.old_log_prob),
+  record("stored log_probs max abs", max_abs(gaussian_log_prob(run.actions, mean, log_std), run.old_log_prob),
           1e-5)
   assert np.abs(run.actions).max() > 1.0, "some stored actions should lie outside [-1, 1] (unclipped)"
 
@@ -248,7 +245,7 @@ def test_rollout_postprocessing_matches_sb3(sb3_run):
   for t, row in enumerate(rec.terminal_obs):
     for i, o in enumerate(row):
       if o is not None:
-        final_x[t, i] = np.asarray(ppo.flatten_obs({k: np.asarray(v, np.float32) for k, v in o.items()}))
+        final_x[t, i] = np.asarray(flatten_obs({k: np.asarray(v, np.float32) for k, v in o.items()}))
   final_v = run.net.apply(params, final_x, method=ppo.ActorCritic.value)
   rewards = ppo.bootstrap_truncation(jnp.asarray(raw), jnp.asarray(trunc), final_v, GAMMA)
   record("bootstrapped rewards max abs", max_abs(rewards, rec.buffer["rewards"]), 1e-6)
@@ -275,9 +272,9 @@ def test_policy_forward_matches_sb3(sb3_run):
   record("forward mean max abs", max_abs(mean, dist.mean.numpy()), 1e-5)
   record("forward std max abs", max_abs(jnp.exp(log_std), dist.stddev.numpy()), 1e-6)
   record("forward value max abs", max_abs(value, values.numpy().ravel()), 1e-5)
-  record("forward log_prob max abs", max_abs(ppo.gaussian_log_prob(run.actions, mean, log_std), log_prob.numpy()),
+  record("forward log_prob max abs", max_abs(gaussian_log_prob(run.actions, mean, log_std), log_prob.numpy()),
           1e-5)
-  record("forward entropy max abs", max_abs(ppo.gaussian_entropy(log_std), entropy.numpy()), 1e-5)
+  record("forward entropy max abs", max_abs(gaussian_entropy(log_std), entropy.numpy()), 1e-5)
 
 
 def _sb3_loss_terms(policy, obs, actions, old_log_prob, advantages, returns):
@@ -327,11 +324,11 @@ def test_loss_terms_and_gradients_match_sb3(sb3_run):
 
   def pieces_loss(params):
     mean, log_std, value = run.net.apply(params, run.x)
-    log_prob = ppo.gaussian_log_prob(run.actions, mean, log_std)
+    log_prob = gaussian_log_prob(run.actions, mean, log_std)
     adv = ppo.normalize_advantages(jnp.asarray(run.adv))
     pg, clip_frac, approx_kl = ppo.clipped_surrogate(log_prob, run.old_log_prob, adv, CLIP)
     v_loss = ppo.value_loss(value, run.ret)
-    entropy = jnp.mean(ppo.gaussian_entropy(log_std))
+    entropy = jnp.mean(gaussian_entropy(log_std))
     loss = pg - ENT_COEF * entropy + VF_COEF * v_loss
     return loss, dict(policy_gradient_loss=pg, value_loss=v_loss, entropy_loss=-entropy, clip_fraction=clip_frac,
                       approx_kl=approx_kl, loss=loss, advantages=adv, ratio=jnp.exp(log_prob - run.old_log_prob))
@@ -395,14 +392,14 @@ class FetchjaxVecEnv(VecEnv):
 
   def __init__(self, env, state):
     obs_space = spaces.Dict({k: spaces.Box(-np.inf, np.inf, (env.observation_size[k],), np.float32)
-                             for k in ppo.OBS_KEYS})
+                             for k in OBS_KEYS})
     super().__init__(env.num_envs, obs_space, spaces.Box(-1.0, 1.0, (env.action_size,), np.float32))
     self._env, self._state0, self._step = env, state, jax.jit(env.step)
     self.raw_rewards = []  # the env's own rewards, before SB3 adds the truncation bootstrap
 
   @staticmethod
   def _np(obs):
-    return {k: np.array(obs[k], np.float32) for k in ppo.OBS_KEYS}
+    return {k: np.array(obs[k], np.float32) for k in OBS_KEYS}
 
   def reset(self):
     self.state = self._state0
@@ -523,7 +520,7 @@ def test_collected_rollout_matches_sb3(collected):
   tol = 1e-4 if collected.norm else 1e-5
   for k, (ours, theirs) in enumerate(zip(collected.ours, collected.theirs)):
     tr = ours.traj
-    x_ref = np.asarray(ppo.flatten_obs(theirs["observations"]))  # [T, N, 16]
+    x_ref = np.asarray(flatten_obs(theirs["observations"]))  # [T, N, 16]
     record(f"rollout {k}: observations max abs", max_abs(tr.obs, x_ref), tol)
     record(f"rollout {k}: stored actions max abs", max_abs(tr.action, theirs["actions"]), 1e-5)
     assert np.abs(theirs["actions"]).max() > 1.0 and np.abs(tr.action).max() > 1.0, "unclipped actions stored"

@@ -17,7 +17,6 @@ measured errors. float32 on both sides.
 from __future__ import annotations
 
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +34,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from measured import Recorder, max_abs, rel  # noqa: E402
 
-from fetchjax.agents import ppo, sac, td3  # noqa: E402
+from fetchjax.agents import offpolicy, sac, td3  # noqa: E402
+from fetchjax.agents.observations import OBS_KEYS, flatten_obs  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
 B = 64            # batch size
@@ -105,12 +105,9 @@ def _sd(model):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gym_env():
-  import gymnasium as gym
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import gymnasium_robotics
-  gym.register_envs(gymnasium_robotics)
-  return lambda: gym.make(ENV_ID)
+  from fetchjax.gymnasium_reference import gymnasium_make
+
+  return lambda: gymnasium_make(ENV_ID)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +129,8 @@ def batches(gym_env):
   out = []
   for b in range(N_BATCHES):
     sel = [rows[j] for j in order[b * B:(b + 1) * B]]
-    o = {k: np.stack([s[0][k] for s in sel]).astype(np.float32) for k in ppo.OBS_KEYS}
-    n = {k: np.stack([s[3][k] for s in sel]).astype(np.float32) for k in ppo.OBS_KEYS}
+    o = {k: np.stack([s[0][k] for s in sel]).astype(np.float32) for k in OBS_KEYS}
+    n = {k: np.stack([s[3][k] for s in sel]).astype(np.float32) for k in OBS_KEYS}
     out.append(types.SimpleNamespace(obs=o, next_obs=n, action=np.stack([s[1] for s in sel]),
                                      reward=np.array([s[2] for s in sel], np.float32)))
   return out
@@ -147,9 +144,9 @@ def _torch_samples(b):
 
 
 def _jax_batch(b):
-  return sac.Batch(ppo.flatten_obs({k: jnp.asarray(v) for k, v in b.obs.items()}), jnp.asarray(b.action),
-                   jnp.asarray(b.reward), ppo.flatten_obs({k: jnp.asarray(v) for k, v in b.next_obs.items()}),
-                   jnp.zeros(B))
+  return offpolicy.Batch(flatten_obs({k: jnp.asarray(v) for k, v in b.obs.items()}), jnp.asarray(b.action),
+                         jnp.asarray(b.reward), flatten_obs({k: jnp.asarray(v) for k, v in b.next_obs.items()}),
+                         jnp.zeros(B))
 
 
 def _noise(n, seed):
@@ -162,7 +159,7 @@ def _noise(n, seed):
 # ----------------------------------------------------------------------------------------------------------
 def _sb3_sac(gym_env, ent_coef):
   env = DummyVecEnv([gym_env])
-  assert list(env.observation_space.spaces) == list(ppo.OBS_KEYS), "CombinedExtractor order != flatten_obs"
+  assert list(env.observation_space.spaces) == list(OBS_KEYS), "CombinedExtractor order != flatten_obs"
   model = sb3.SAC("MultiInputPolicy", env, learning_rate=LR, batch_size=B, gamma=0.95, tau=0.005,
                   ent_coef=ent_coef, learning_starts=10**9, seed=0, device="cpu", verbose=0)
   model.set_logger(configure(None, [""]))

@@ -1,17 +1,63 @@
-"""Agents, one algorithm per file. The CLIs (train, eval, load_policy) reach each through the same module-level
-interface: `PRESETS`, `preset(name, **overrides) -> config`, `config_from_dict(d)`, `make_runner(config) ->
-(init, run)`, `policy_of(runner) -> policy`, `make_act(config) -> act(policy, obs, key=None)`."""
+"""Agents, one algorithm per file, and the registry the CLIs (train, eval, load_policy, profile) reach them through.
+
+    ppo.py, sac.py, td3.py   an algorithm each: its config and presets, networks, losses and update; none
+                             imports another
+    offpolicy.py             the replay/update loop SAC and TD3 share (warm-up, HER buffer, train_freq, ...)
+    her.py                   the episode replay buffer with SB3's HER sampling
+    nets.py                  networks and initialisers several algorithms use; the diagonal Gaussian
+    observations.py          the policy input: the goal dict in SB3's sorted-key order
+    configs.py               what every config shares: presets with checked overrides, meta.json round trip
+
+`ALGORITHMS[name]` is an `Algorithm`: everything a CLI needs about one algorithm, spelled out once.
+"""
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import dataclasses
+from typing import Any, Callable, Mapping
 
-IMPLEMENTED = ("ppo", "sac", "td3")
-PLANNED = ()
+from fetchjax import diagnostics
+from fetchjax.agents import configs, offpolicy, ppo, sac, td3
 
 
-def get(name: str) -> ModuleType:
-  if name not in IMPLEMENTED:
-    planned = f" ({name} is planned, not implemented yet)" if name in PLANNED else ""
-    raise ValueError(f"unknown algorithm {name!r}{planned}; available: {', '.join(IMPLEMENTED)}")
-  return importlib.import_module(f"fetchjax.agents.{name}")
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """One algorithm as the CLIs use it."""
+
+  name: str                         # --algo, meta.json "algo"
+  label: str                        # in messages ("unknown PPO preset ...")
+  config_cls: type
+  presets: Mapping[str, Any]        # name -> config
+  make_runner: Callable             # (config, env=None) -> (init(key) -> runner, run(runner, n) -> (runner, metrics))
+  make_train: Callable              # (config, env=None) -> train(key) -> (train state, metrics): the whole run
+  policy_of: Callable               # runner (or its raw restored dict) -> what `act` needs
+  make_act: Callable                # config -> act(policy, obs, key=None) -> action in [-1, 1]
+  tb_names: Mapping[str, str]       # metric -> SB3 logger key
+  tb_constants: Callable            # config -> {SB3 logger key: value} logged every iteration
+  check: Callable                   # diagnostics: (history, steps, config, env_id) -> findings
+  rule_ids: tuple[str, ...]         # the diagnostics rules `check` (and the eval check) apply
+
+  def preset(self, name: str, **overrides):
+    """`presets[name]` with `overrides` (checked and typed); ValueError naming the valid presets / fields."""
+    return configs.from_preset(self.presets, self.label, name, overrides)
+
+  def config_from_dict(self, d: dict):
+    """The config a run recorded in meta.json."""
+    return configs.from_dict(self.presets, self.label, d)
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "ppo": Algorithm("ppo", "PPO", ppo.PPOConfig, ppo.PRESETS, ppo.make_runner, ppo.make_train, ppo.policy_of,
+                     ppo.make_act, ppo.TB_NAMES, ppo.tb_constants, diagnostics.check_ppo, diagnostics.PPO_RULE_IDS),
+    "sac": Algorithm("sac", "SAC", sac.SACConfig, sac.PRESETS, sac.make_runner, sac.make_train, offpolicy.policy_of,
+                     sac.make_act, sac.TB_NAMES, offpolicy.tb_constants, diagnostics.check_sac,
+                     diagnostics.SAC_RULE_IDS),
+    "td3": Algorithm("td3", "TD3", td3.TD3Config, td3.PRESETS, td3.make_runner, td3.make_train, offpolicy.policy_of,
+                     td3.make_act, td3.TB_NAMES, offpolicy.tb_constants, diagnostics.check_td3,
+                     diagnostics.TD3_RULE_IDS),
+}
+
+
+def get(name: str) -> Algorithm:
+  if name not in ALGORITHMS:
+    raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
+  return ALGORITHMS[name]

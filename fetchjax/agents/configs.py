@@ -127,3 +127,22 @@ def layer_sizes(v) -> tuple[int, ...]:
   if not hs or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hs):
     raise ValueError(f"hidden_sizes must be positive integers (e.g. 256,256), got {v!r}")
   return hs
+
+
+def parse_ent_coef(v) -> tuple[bool, float]:
+  """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05)."""
+  if isinstance(v, str):
+    if v == "auto":
+      return True, 1.0
+    if v.startswith("auto_"):
+      init = float(v.split("_")[1])
+      if init <= 0:
+        raise ValueError(f"the initial ent_coef must be > 0, got {v!r}")
+      return True, init
+    try:
+      v = float(v)
+    except ValueError:
+      raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a float, got {v!r}") from None
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+    raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a non-negative float, got {v!r}")
+  return False, float(v)

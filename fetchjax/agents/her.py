@@ -1,4 +1,4 @@
-"""Episode replay buffer with Hindsight Experience Replay, SB3 `HerReplayBuffer` semantics (algorithms.md §3),
+"""Episode replay buffer with Hindsight Experience Replay, SB3 (2.9.2) `HerReplayBuffer` semantics,
 as pure JAX functions: jittable, and vmappable over seeds (every function accepts a buffer with a leading seed
 axis under `jax.vmap`).
 

@@ -1,4 +1,4 @@
-"""PPO with Stable-Baselines3 semantics (shared/spec/algorithms.md §1) as one jitted JAX program.
+"""PPO with Stable-Baselines3 (2.9.2) semantics as one jitted JAX program.
 
 Structure after purejaxrl: `make_train(config)` builds the env and returns a pure `train(key)` whose whole loop
 (rollout `lax.scan`, GAE, epochs x shuffled minibatches, Adam with global-norm clipping) jits as one program and
@@ -28,9 +28,9 @@ import optax
 
 from fetchjax import envs
 from fetchjax.agents import configs, nets
+from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob
+from fetchjax.agents.observations import flat_size, flatten_obs
 
-OBS_KEYS = ("achieved_goal", "desired_goal", "observation")  # SB3 CombinedExtractor order (sorted keys)
-_LOG_2PI = math.log(2.0 * math.pi)
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 
@@ -86,13 +86,9 @@ class PPOConfig:
     """SB3 `learn` collects whole rollouts while `num_timesteps < total_timesteps`."""
     return -(-self.total_timesteps // self.rollout_size)
 
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "PPOConfig":
-    return configs.from_preset(PRESETS, "PPO", name, overrides)
-
 
 PRESETS: dict[str, PPOConfig] = {
-    # Book ch3 (book L2201-2210): 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
+    # Book ch3: 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
     "book": PPOConfig(),
     # Many MJX envs on an accelerator: same per-update data budget per gradient step scaled up (NOT tuned).
     "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="auto"),
@@ -136,20 +132,6 @@ class ActorCritic(nn.Module):
 
   def value(self, x):
     return self.critic(x)[..., 0]
-
-
-def gaussian_log_prob(x, mean, log_std):
-  """Diagonal Gaussian log-density summed over the action dims (SB3 `sum_independent_dims`)."""
-  return jnp.sum(-0.5 * jnp.square((x - mean) / jnp.exp(log_std)) - log_std - 0.5 * _LOG_2PI, axis=-1)
-
-
-def gaussian_entropy(log_std):
-  return jnp.sum(0.5 + 0.5 * _LOG_2PI + log_std, axis=-1)
-
-
-def flatten_obs(obs: dict) -> jax.Array:
-  """MultiInputPolicy input: the goal dict concatenated in sorted-key order (16-D for Reach, 31-D for Push)."""
-  return jnp.concatenate([obs[k] for k in OBS_KEYS], axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -373,7 +355,7 @@ def make_runner(config: PPOConfig, env=None):
   """
   c = config
   env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
+  obs_size = flat_size(env)
   net, tx, loss_fn = make_learner(c, env.action_size)
   collect = make_collector(c, env)
 
@@ -458,14 +440,6 @@ def tb_constants(config: PPOConfig) -> dict[str, float]:
   return {"train/learning_rate": config.learning_rate, "train/clip_range": config.clip_range}
 
 
-def preset(name: str, **overrides) -> PPOConfig:
-  return PPOConfig.preset(name, **overrides)
-
-
-def config_from_dict(d: dict) -> PPOConfig:
-  return configs.from_dict(PRESETS, "PPO", d)
-
-
 def policy_of(runner) -> dict:
   """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
   ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
@@ -480,7 +454,7 @@ def make_act(config: PPOConfig):
   return lambda policy, obs, key=None: policy_action(policy["params"], obs, config, policy["obs_rms"], key)
 
 
-__all__ = ["TB_NAMES", "tb_constants", "preset", "config_from_dict", "policy_of", "make_act", "PPOConfig", "PRESETS", "ActorCritic", "RunningMeanStd", "TrainState", "compute_gae",
+__all__ = ["PPOConfig", "PRESETS", "TB_NAMES", "tb_constants", "policy_of", "make_act", "ActorCritic",
+           "RunningMeanStd", "TrainState", "Transition", "Rollout", "RunnerState", "compute_gae",
            "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
-           "make_train", "make_learner", "make_runner", "make_collector", "Rollout", "RunnerState", "policy_action",
-           "flatten_obs", "gaussian_log_prob", "gaussian_entropy"]
+           "make_train", "make_learner", "make_runner", "make_collector", "policy_action"]

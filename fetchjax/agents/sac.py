@@ -1,13 +1,10 @@
-"""SAC (optionally with HER) with Stable-Baselines3 semantics (shared/spec/algorithms.md §2, §3.3), on device.
-
-The whole loop (env steps, replay buffer, gradient steps) is one jitted JAX program that vmaps over seeds; the
-replay buffer (`fetchjax.agents.her`, whole 50-step episodes) lives inside `RunnerState`, so a checkpoint of it
-resumes a run bit-exactly. `make_runner(config) -> (init, run)`; one iteration of `run` = one episode of every
-env (`rollout_size = 50 * num_envs` transitions) with the gradient steps interleaved exactly as SB3's
-`OffPolicyAlgorithm.learn` does (train_freq counted in vectorised steps).
+"""SAC (optionally with HER) with Stable-Baselines3 semantics, on device: its config and presets, networks and
+the gradient step (`make_learner`); the replay/update loop around it is `offpolicy.make_offpolicy_runner`
+(`make_runner(config) -> (init, run)`, one iteration = one 50-step episode of every env).
 
 SB3 details kept on purpose (they change results):
-- policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted keys; `ppo.flatten_obs`);
+- policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted keys;
+  `observations.flatten_obs`);
 - actor: MLP (ReLU after every hidden layer) -> `mu` and `log_std` heads, log_std clipped to [-20, 2]; tanh
   squashing with the log-prob correction `sum log(1 - tanh(u)^2 + 1e-6)`; deterministic action = tanh(mu);
 - twin critics Q_i(concat(obs, action)) with their own trunks, target critics Polyak-averaged (tau) every
@@ -19,29 +16,13 @@ SB3 details kept on purpose (they change results):
   0.5 * sum_i MSE -> critic step -> actor loss with the UPDATED critics and the step-2 actions -> actor step ->
   Polyak;
 - ent_coef "auto": log alpha initialised to log(1) = 0 ("auto_0.1" starts at 0.1), target entropy -dim(A) = -4,
-  loss -mean(log_alpha * (log_pi + target).detach());
-- warm-up: uniform actions while `num_timesteps < learning_starts` (num_timesteps = transitions of all envs);
-  gradient steps after a vectorised step only when `num_timesteps > learning_starts` (and, here, once the buffer
-  holds a complete episode);
-- Fetch episodes end only by truncation, which SB3 (`handle_timeout_termination`) never treats as terminal: the
-  buffer's `done` is 0 and the target always bootstraps from `final_obs`.
-
-Deliberate differences from SB3 (documented, small):
-- transitions become sampleable only when their episode completes (all envs are episode-aligned, so at the end
-  of every 50 vectorised steps). SB3's HER buffer does the same; SB3's plain `DictReplayBuffer` (SAC without
-  HER) samples every stored transition. So without HER the episodes in progress (< 50 * num_envs transitions,
-  each sampleable at most 49 vectorised steps later than in SB3) are left out: with the book's learning_starts
-  10,000 and 8 envs that is < 4% of the buffer at the first gradient step and < 0.4% after 100k steps;
-- `learn()` stops at the first vectorised step with num_timesteps >= total; here whole iterations run:
-  `num_updates = ceil(total_timesteps / rollout_size)` (500k with 8 envs -> 1250 iterations, exactly 500k);
-- `ep_rew_mean` / `success_rate` are over the episodes that ended in the iteration (num_envs of them), not
-  SB3's 100-episode window (same as fetchjax PPO).
+  loss -mean(log_alpha * (log_pi + target).detach()).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
 import flax.linen as nn
@@ -51,31 +32,19 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import envs
-from fetchjax.agents import configs
-from fetchjax.agents.ppo import OBS_KEYS, flatten_obs, gaussian_log_prob
+from fetchjax.agents.configs import parse_ent_coef
+from fetchjax.agents.nets import MLP, DoubleCritic, TorchDense, gaussian_log_prob
+from fetchjax.agents.observations import flat_size, flatten_obs
+from fetchjax.agents.offpolicy import (Batch, EpisodeIterations, Learner, check_offpolicy, critic_step,
+                                       make_offpolicy_runner, polyak, whole_run)
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0   # SB3 sac/policies.py
 SQUASH_EPS = 1e-6                       # SB3 SquashedDiagGaussianDistribution epsilon
-EPISODE_STEPS = 50                      # every Fetch v4 task
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------------
-class EpisodeIterations:
-  """Off-policy configs: one iteration of `run` = one 50-step episode of every env."""
-
-  @property
-  def rollout_size(self) -> int:
-    """Env transitions per seed per iteration (one episode of every env)."""
-    return EPISODE_STEPS * self.num_envs
-
-  @property
-  def num_updates(self) -> int:
-    """Iterations of `run` for `total_timesteps` (whole episodes)."""
-    return -(-self.total_timesteps // self.rollout_size)
-
-
 @dataclasses.dataclass(frozen=True)
 class SACConfig(EpisodeIterations):
   """SB3 `SAC` arguments (defaults = the book's ch4 FetchReachDense-v4 run, companion repo `train.py`). Step
@@ -113,48 +82,11 @@ class SACConfig(EpisodeIterations):
   def auto_ent_coef(self) -> bool:
     return parse_ent_coef(self.ent_coef)[0]
 
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "SACConfig":
-    return configs.from_preset(PRESETS, "SAC", name, overrides)
-
-
-def parse_ent_coef(v) -> tuple[bool, float]:
-  """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05)."""
-  if isinstance(v, str):
-    if v == "auto":
-      return True, 1.0
-    if v.startswith("auto_"):
-      init = float(v.split("_")[1])
-      if init <= 0:
-        raise ValueError(f"the initial ent_coef must be > 0, got {v!r}")
-      return True, init
-    try:
-      v = float(v)
-    except ValueError:
-      raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a float, got {v!r}") from None
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-    raise ValueError(f"ent_coef must be 'auto', 'auto_<float>' or a non-negative float, got {v!r}")
-  return False, float(v)
-
-
-def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
-  """Validation shared by SACConfig and TD3Config (raises ValueError); `positive`: the algorithm's own fields."""
-  configs.check_ints(config, positive=("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_freq",
-                                       *positive),
-                     non_negative=("learning_starts", "gradient_steps", "n_sampled_goal"))
-  if config.buffer_size < EPISODE_STEPS * config.num_envs:
-    raise ValueError(f"buffer_size {config.buffer_size} must hold at least one episode per env "
-                     f"({EPISODE_STEPS * config.num_envs})")
-  if config.goal_selection_strategy not in ("future", "final", "episode"):
-    raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
-                     f"{config.goal_selection_strategy!r}")
-  object.__setattr__(config, "hidden_sizes", configs.layer_sizes(config.hidden_sizes))
-
 
 PRESETS: dict[str, SACConfig] = {
-    # Book ch4 (spec §2.3): SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
+    # Book ch4: SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
     "book": SACConfig(),
-    # Book ch5 (spec §3.3) SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
+    # Book ch5 SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
     "book_her": SACConfig(env_id="FetchReach-v4", gamma=0.95, learning_starts=1_000, her=True),
     # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
     "book_her_push": SACConfig(env_id="FetchPush-v4", gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05,
@@ -166,55 +98,9 @@ PRESETS: dict[str, SACConfig] = {
 }
 
 
-def preset(name: str, **overrides) -> SACConfig:
-  return SACConfig.preset(name, **overrides)
-
-
-def config_from_dict(d: dict) -> SACConfig:
-  return configs.from_dict(PRESETS, "SAC", d)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Networks (SB3 SAC/TD3 policies, PyTorch default init)
 # ----------------------------------------------------------------------------------------------------------
-def torch_uniform(fan_in: int):
-  """PyTorch `nn.Linear.reset_parameters`: kaiming_uniform(a=sqrt(5)) on the weight = U(+-1/sqrt(fan_in)), and
-  the bias U(+-1/sqrt(fan_in)). No QR, so it vmaps over seeds without the XLA:CPU stall (see nets.py)."""
-  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-class TorchDense(nn.Module):
-  """`nn.Linear` with PyTorch's default init. kernel [in, out] = torch weight.T."""
-  features: int
-
-  @nn.compact
-  def __call__(self, x):
-    fan_in = x.shape[-1]
-    kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
-    bias = self.param("bias", torch_uniform(fan_in), (self.features,))
-    return x @ kernel + bias
-
-
-class MLP(nn.Module):
-  """SB3 `create_mlp`: Linear+ReLU per hidden layer, then a Linear output (if out_size), optional tanh."""
-  hidden_sizes: Sequence[int]
-  out_size: int = 0
-  squash: bool = False
-
-  @nn.compact
-  def __call__(self, x):
-    for i, h in enumerate(self.hidden_sizes):
-      x = nn.relu(TorchDense(h, name=f"dense_{i}")(x))
-    if self.out_size:
-      x = TorchDense(self.out_size, name=f"dense_{len(self.hidden_sizes)}")(x)
-    return jnp.tanh(x) if self.squash else x
-
-
 class Actor(nn.Module):
   """SB3 SAC `Actor`: latent_pi MLP -> (mu, log_std clipped to [-20, 2])."""
   action_size: int
@@ -226,16 +112,6 @@ class Actor(nn.Module):
     mean = TorchDense(self.action_size, name="mu")(latent)
     log_std = TorchDense(self.action_size, name="log_std")(latent)
     return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
-
-
-class DoubleCritic(nn.Module):
-  """SB3 `ContinuousCritic(n_critics=2)`: qf0, qf1 on cat(obs, action) -> (q1, q2), each [...]."""
-  hidden_sizes: Sequence[int] = (256, 256)
-
-  @nn.compact
-  def __call__(self, obs, action):
-    x = jnp.concatenate([obs, action], axis=-1)
-    return tuple(MLP(self.hidden_sizes, 1, name=f"qf{i}")(x)[..., 0] for i in range(2))
 
 
 def log1m_tanh_sq(u):
@@ -279,20 +155,6 @@ class TrainState:
   num_timesteps: jax.Array
 
 
-class Batch(NamedTuple):
-  """What the losses read (flattened policy inputs). reward/done: [B]."""
-  obs: jax.Array
-  action: jax.Array
-  reward: jax.Array
-  next_obs: jax.Array
-  done: jax.Array
-
-
-def polyak(target, online, tau):
-  """SB3 `polyak_update`: target <- (1 - tau) * target + tau * online."""
-  return jax.tree.map(lambda t, p: t * (1.0 - tau) + p * tau, target, online)
-
-
 def critic_loss_fn(q_values, target_q):
   """SB3 SAC: 0.5 * sum_i mean((Q_i - y)^2)."""
   return 0.5 * sum(jnp.mean(jnp.square(q - target_q)) for q in q_values)
@@ -301,34 +163,6 @@ def critic_loss_fn(q_values, target_q):
 def ent_coef_loss_fn(log_ent_coef, log_prob, target_entropy):
   """SB3: -mean(log_alpha * (log_pi + target_entropy).detach()) (gradient w.r.t. log alpha)."""
   return -jnp.mean(log_ent_coef * jax.lax.stop_gradient(log_prob + target_entropy))
-
-
-def critic_step(critic, tx, loss_fn, params, opt_state, batch, target_q):
-  """One optimiser step of the twin critics towards `target_q`: (loss, (q1, q2) before the step, params,
-  opt_state)."""
-  def loss(params):
-    qs = critic.apply(params, batch.obs, batch.action)
-    return loss_fn(qs, target_q), qs
-
-  (value, qs), g = jax.value_and_grad(loss, has_aux=True)(params)
-  upd, opt_state = tx.update(g, opt_state, params)
-  return value, qs, optax.apply_updates(params, upd), opt_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Learner:
-  """Networks, optimisers and the pure update of one algorithm (SAC here; TD3 in td3.py)."""
-  actor: nn.Module
-  critic: nn.Module
-  actor_tx: optax.GradientTransformation
-  critic_tx: optax.GradientTransformation
-  ent_tx: optax.GradientTransformation
-  init: Callable            # init(key) -> TrainState (key, step, ... zero)
-  update: Callable          # update(ts, batch: Batch, key, grad_step: int array) -> (ts, info)
-  update_with_noise: Callable  # the same step with its noise given explicitly (SB3 parity tests)
-  explore: Callable         # explore(ts, obs_flat, key) -> action in [-1, 1] (after warm-up)
-  info_names: tuple         # keys of `info` reported as metrics
-  weights: dict = dataclasses.field(default_factory=dict)  # metric -> 0/1 info key it is averaged over
 
 
 def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Learner:
@@ -417,18 +251,6 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
   return Learner(actor, critic, actor_tx, critic_tx, ent_tx, init, update, update_with_noise, explore, names)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The off-policy loop (shared with td3.py)
-# ----------------------------------------------------------------------------------------------------------
-@flax.struct.dataclass
-class RunnerState:
-  """Everything a run carries between iterations: a checkpoint of it resumes the run exactly."""
-  train_state: TrainState
-  env_state: Any
-  buffer: Any            # her.EpisodeBuffer
-  ep_ret: jax.Array      # running raw return of each env's current episode
-
-
 TB_NAMES = {  # fetchjax metric -> SB3 logger key (replay/* as the book's SACDiagnosticsCallback)
     "ep_rew_mean": "rollout/ep_rew_mean", "success_rate": "rollout/success_rate",
     "critic_loss": "train/critic_loss", "actor_loss": "train/actor_loss", "ent_coef": "train/ent_coef",
@@ -437,111 +259,6 @@ TB_NAMES = {  # fetchjax metric -> SB3 logger key (replay/* as the book's SACDia
     "log_prob_mean": "train/log_prob_mean", "target_q_mean": "replay/target_q_mean",
     "reward_mean": "replay/reward_mean",
 }
-
-
-def _batch_from(sample) -> Batch:
-  """her.Batch (goal dicts) -> flattened `Batch` the losses read."""
-  return Batch(flatten_obs(sample.obs), sample.action, sample.reward.reshape(-1), flatten_obs(sample.next_obs),
-               sample.done.reshape(-1).astype(jnp.float32))
-
-
-def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: float = 0.0):
-  """`(init, run)` of SB3's `OffPolicyAlgorithm.learn` for any `Learner` (SAC, TD3).
-
-  Per vectorised step: action (uniform in [-1, 1] while num_timesteps < learning_starts, else
-  `learner.explore`), plus clipped Gaussian action noise when `action_noise_sigma` > 0 (SB3 NormalActionNoise,
-  added in warm-up too, as `_sample_action`); env.step; buffer add; num_timesteps += num_envs; then, every
-  `train_freq` vectorised steps with num_timesteps > learning_starts and a complete episode stored,
-  `gradient_steps` updates (grad_step index 0..G-1, as one SB3 `train()` call).
-  """
-  from fetchjax.agents import her
-
-  c = config
-  obs_size = env.observation_size["observation"]
-  act_size = env.action_size
-  steps = env.max_episode_steps
-  if steps != EPISODE_STEPS:
-    raise ValueError(f"episodes of {steps} steps; the off-policy loop assumes {EPISODE_STEPS}")
-
-  def init(key: jax.Array) -> RunnerState:
-    key, k_learn, k_env = jax.random.split(key, 3)
-    ts = learner.init(k_learn).replace(key=key)
-    env_state = env.reset(k_env)
-    buf = her.create(c.buffer_size, c.num_envs, obs_size, T=steps, goal_dim=3, act_dim=act_size)
-    buf = her.start(buf, env_state.obs)
-    return RunnerState(ts, env_state, buf, jnp.zeros(c.num_envs, jnp.float32))
-
-  weight_keys = sorted(set(learner.weights.values()))
-
-  def train_steps(ts, buf, key):
-    def one(ts, xs):
-      k, i = xs
-      k_sample, k_update = jax.random.split(k)
-      sample = her.sample(buf, k_sample, c.batch_size, env.compute_reward, n_sampled_goal=c.n_sampled_goal,
-                          strategy=c.goal_selection_strategy, her=c.her)
-      return learner.update(ts, _batch_from(sample), k_update, i)
-
-    ts, info = jax.lax.scan(one, ts, (jax.random.split(key, c.gradient_steps), jnp.arange(c.gradient_steps)))
-    # sums over the call's gradient steps (weighted metrics: over the steps where their weight is 1)
-    sums = {k: jnp.sum(info[k] * info[learner.weights[k]] if k in learner.weights else info[k])
-            for k in learner.info_names}
-    sums.update({w: jnp.sum(info[w]) for w in weight_keys})
-    return ts, sums
-
-  def no_train(ts, buf, key):
-    return ts, {k: jnp.zeros((), jnp.float32) for k in (*learner.info_names, *weight_keys)}
-
-  def env_step(carry, _):
-    ts, env_state, buf, ep_ret = carry
-    key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
-    shape = (c.num_envs, act_size)
-    warm = ts.num_timesteps < c.learning_starts
-    policy_action = learner.explore(ts, flatten_obs(env_state.obs), k_pol)
-    action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
-    if action_noise_sigma > 0:
-      action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
-    env_state = env.step(env_state, action)
-    buf = her.add(buf, action, env_state)
-    num_timesteps = ts.num_timesteps + c.num_envs
-    vec_steps = num_timesteps // c.num_envs
-    ts = ts.replace(key=key, num_timesteps=num_timesteps)
-    do_train = (num_timesteps > c.learning_starts) & her.can_sample(buf) & (vec_steps % c.train_freq == 0)
-    if c.gradient_steps > 0:
-      ts, info = jax.lax.cond(do_train, train_steps, no_train, ts, buf, k_train)
-    else:
-      ts, info = no_train(ts, buf, k_train)
-      do_train = jnp.zeros((), bool)
-    done = env_state.done
-    ep_ret = ep_ret + env_state.reward
-    out = dict(trained=do_train, info=info, n_done=done.sum(), ret=(ep_ret * done).sum(),
-               succ=(env_state.info["is_success"] * done).sum())
-    return (ts, env_state, buf, ep_ret * (1.0 - done)), out
-
-  def iteration(carry, _):
-    carry, out = jax.lax.scan(env_step, carry, None, steps)
-    ts = carry[0]
-    n_tr = out["trained"].astype(jnp.float32).sum()
-    n_done = out["n_done"].sum()
-    tot = {k: jnp.where(out["trained"], v, 0.0).sum() for k, v in out["info"].items()}
-    metrics = {}
-    for k in learner.info_names:  # mean over the iteration's gradient steps (= mean of SB3's per-call means)
-      n = tot[learner.weights[k]] if k in learner.weights else n_tr * c.gradient_steps
-      metrics[k] = jnp.where(n > 0, tot[k] / jnp.maximum(n, 1.0), jnp.nan)
-    metrics.update(
-        timesteps=ts.num_timesteps,
-        ep_rew_mean=jnp.where(n_done > 0, out["ret"].sum() / jnp.maximum(n_done, 1), jnp.nan),
-        success_rate=jnp.where(n_done > 0, out["succ"].sum() / jnp.maximum(n_done, 1), jnp.nan),
-        n_updates=ts.n_updates,
-        train_calls=n_tr,
-    )
-    return (ts.replace(step=ts.step + 1),) + carry[1:], metrics
-
-  def run(runner: RunnerState, n: int) -> tuple[RunnerState, dict]:
-    carry = (runner.train_state, runner.env_state, runner.buffer, runner.ep_ret)
-    carry, metrics = jax.lax.scan(iteration, carry, None, n)
-    return RunnerState(*carry), metrics
-
-  return init, run
 
 
 def make_runner(config: SACConfig, env=None):
@@ -557,18 +274,7 @@ def make_runner(config: SACConfig, env=None):
   """
   c = config
   env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
-  return make_offpolicy_runner(c, env, make_learner(c, obs_size, env.action_size))
-
-
-def whole_run(init, run, num_updates: int):
-  """`train(key) -> (TrainState, metrics)`: a runner's whole run (`num_updates` iterations) as one program."""
-
-  def train(key):
-    runner, metrics = run(init(key), num_updates)
-    return runner.train_state, metrics
-
-  return train
+  return make_offpolicy_runner(c, env, make_learner(c, flat_size(env), env.action_size))
 
 
 def make_train(config: SACConfig, env=None):
@@ -586,25 +292,11 @@ def policy_action(actor_params, obs: dict, config: SACConfig, key=None):
   return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
 
 
-def tb_constants(config: SACConfig) -> dict[str, float]:
-  """Scalars SB3 logs every iteration that are constant here."""
-  return {"train/learning_rate": config.learning_rate}
-
-
-def policy_of(runner) -> dict:
-  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
-  ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
-  return {"actor_params": ts["actor_params"] if isinstance(ts, dict) else ts.actor_params}
-
-
 def make_act(config: SACConfig):
   """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic tanh(mean) when key is None."""
   return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
 
 
-__all__ = ["tb_constants", "SACConfig", "PRESETS", "TB_NAMES", "preset", "config_from_dict", "make_runner",
-           "make_train", "make_learner", "make_offpolicy_runner", "policy_of", "make_act", "policy_action",
-           "RunnerState", "TrainState", "Batch", "Learner", "Actor", "DoubleCritic", "MLP", "TorchDense",
-           "torch_uniform", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed", "critic_loss_fn",
-           "ent_coef_loss_fn", "polyak", "parse_ent_coef", "critic_step", "whole_run", "check_offpolicy",
-           "EpisodeIterations"]
+__all__ = ["SACConfig", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+           "policy_action", "TrainState", "Actor", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed",
+           "critic_loss_fn", "ent_coef_loss_fn"]

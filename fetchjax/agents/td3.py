@@ -1,5 +1,5 @@
-"""TD3 (optionally with HER) with Stable-Baselines3 semantics, on device; the loop, buffer, critic and init are
-shared with `sac.py` (`make_offpolicy_runner`, `DoubleCritic`, PyTorch default Linear init).
+"""TD3 (optionally with HER) with Stable-Baselines3 semantics, on device; the loop and buffer are
+`offpolicy.make_offpolicy_runner` (shared with SAC), the twin critic and PyTorch default Linear init `nets.py`.
 
 SB3 `TD3` 2.9.2 defaults, kept: actor MLP [400, 300] ReLU -> Linear -> tanh (deterministic), twin critics
 [400, 300] on cat(obs, action), actor and critic targets; Adam lr 1e-3 (eps 1e-8) for both; per gradient step
@@ -12,7 +12,7 @@ warm-up uniform actions while num_timesteps < learning_starts.
 
 Presets: the book runs TD3 only through its companion `train.py --algo td3 [--her]`, which passes SB3 defaults
 except batch 256, buffer 1M, learning_starts 10k, 8 envs and NO action noise ("book", "book_her"); "her" uses
-the SAC+HER hyperparameters of spec §3.3 where they apply (gamma 0.95, learning_starts 1000) with the usual
+the book's ch5 SAC+HER hyperparameters where they apply (gamma 0.95, learning_starts 1000) with the usual
 NormalActionNoise(0.1) (rl-baselines3-zoo); "gpu" is untuned.
 """
 from __future__ import annotations
@@ -27,11 +27,10 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import envs
-from fetchjax.agents.ppo import OBS_KEYS, flatten_obs
-from fetchjax.agents import configs
-from fetchjax.agents.sac import (MLP, EpisodeIterations, TB_NAMES as _SAC_TB, Batch, DoubleCritic, Learner,
-                                 RunnerState, check_offpolicy, critic_step, make_offpolicy_runner, polyak, policy_of,
-                                 tb_constants, whole_run)
+from fetchjax.agents.nets import MLP, DoubleCritic
+from fetchjax.agents.observations import flat_size, flatten_obs
+from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, check_offpolicy, critic_step,
+                                       make_offpolicy_runner, polyak, whole_run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +65,6 @@ class TD3Config(EpisodeIterations):
       if not getattr(self, name) >= 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "TD3Config":
-    return configs.from_preset(PRESETS, "TD3", name, overrides)
-
 
 PRESETS: dict[str, TD3Config] = {
     "book": TD3Config(),
@@ -78,14 +73,6 @@ PRESETS: dict[str, TD3Config] = {
     "gpu": TD3Config(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
                      her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="auto"),
 }
-
-
-def preset(name: str, **overrides) -> TD3Config:
-  return TD3Config.preset(name, **overrides)
-
-
-def config_from_dict(d: dict) -> TD3Config:
-  return configs.from_dict(PRESETS, "TD3", d)
 
 
 def Actor(action_size: int, hidden_sizes=(400, 300)):
@@ -172,16 +159,12 @@ def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Lear
                  names, {"actor_loss": "actor_updated"})
 
 
-TB_NAMES = {k: v for k, v in _SAC_TB.items() if k not in ("ent_coef", "ent_coef_loss", "log_prob_mean")}
-
-
 def make_runner(config: TD3Config, env=None):
   """`(init, run)` as `sac.make_runner` (same RunnerState layout and metrics, minus the entropy ones; actor_loss
   is averaged over the delayed actor updates only)."""
   c = config
   env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = sum(env.observation_size[k] for k in OBS_KEYS)
-  return make_offpolicy_runner(c, env, make_learner(c, obs_size, env.action_size), c.action_noise_sigma)
+  return make_offpolicy_runner(c, env, make_learner(c, flat_size(env), env.action_size), c.action_noise_sigma)
 
 
 def make_train(config: TD3Config, env=None):
@@ -200,6 +183,5 @@ def make_act(config: TD3Config):
   return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
 
 
-__all__ = ["tb_constants", "TD3Config", "PRESETS", "TB_NAMES", "preset", "config_from_dict", "make_runner",
-           "make_train", "make_learner", "policy_of", "make_act", "policy_action", "RunnerState", "TrainState",
-           "Actor", "critic_loss_fn"]
+__all__ = ["TD3Config", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+           "policy_action", "TrainState", "Actor", "critic_loss_fn"]
