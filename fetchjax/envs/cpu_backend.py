@@ -1,6 +1,6 @@
 """C MuJoCo physics behind the functional JAX API, for CPUs.
 
-MJX-JAX on a CPU runs this scene ~10x slower than single-thread C MuJoCo (mjx_port_notes.md §9), so on CPU
+MJX-JAX on a CPU runs this scene ~10x slower than single-thread C MuJoCo (docs/PERFORMANCE.md), so on CPU
 the default backend steps the *stock* gymnasium-robotics model with C MuJoCo, batched over a thread pool
 (MuJoCo releases the GIL in mj_step), reached from jitted code through `jax.pure_callback`.
 

@@ -1,7 +1,7 @@
 """MJX-JAX physics for the Fetch scenes: jittable, vmappable, runs on any XLA device.
 
 Uses the edited model of `scene.edited_model` and adds C MuJoCo's J̇·v term (mujoco >= 3.7) to the mocap weld's
-reference acceleration, which MJX-JAX lacks (mjx_port_notes.md §6): without it the arm drifts ~1.5 cm in 50 steps.
+reference acceleration, which MJX-JAX lacks (docs/PHYSICS.md): without it the arm drifts ~1.5 cm in 50 steps.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ with contextlib.redirect_stdout(io.StringIO()):  # mjx prints "Failed to import 
   from mujoco import mjx
 from mujoco.mjx._src import constraint, forward, smooth, solver  # noqa: E402
 
-# XLA:CPU's batched dense Cholesky was seen to hang at 512 envs in one vmap (mjx_port_notes.md §9b).
+# XLA:CPU's batched dense Cholesky was seen to hang at 512 envs in one vmap (README, Known issues).
 CPU_CHUNK = 128
 
 

@@ -150,7 +150,7 @@ def mjx_model_edits(spec: mujoco.MjSpec, task: FetchTask) -> None:
   2. contacts only where Reach/Push touch: fingers and a box proxy of the gripper_link palm against table
      and object, object against table and floor (bit masks, so C's mixing rules still set the contact
      parameters). The 15 arm/base meshes collide with nothing: with them one Reach env allocates 576
-     contact slots and does not fit in memory on CPU (mjx_port_notes.md §3).
+     contact slots and does not fit in memory on CPU.
   3. the permanent base-floor contact is kept exactly: one small sphere per touched base vertex, centred
      one radius above it with the base mesh's contact parameters, gives the same contact point, depth,
      frame and rows as C's plane-mesh contact (plane-sphere supports margins in MJX).

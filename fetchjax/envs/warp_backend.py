@@ -2,7 +2,7 @@
 
 `mjx.put_model(m, impl="warp")` runs MuJoCo Warp kernels through a JAX FFI, with the envs of a batch as Warp
 *worlds*. Unlike MJX-JAX it implements mesh margins, every collision pair of the stock model and C MuJoCo's J̇·v
-term in the weld rows (mjx_port_notes.md §1, §10), so the model needs no edit: the same MjModel as the `cpu`
+term in the weld rows (docs/PHYSICS.md), so the model needs no edit: the same MjModel as the `cpu`
 backend (weld `eq_data` edit of `reset_mocap_welds` included). It runs on NVIDIA GPUs and on CPUs (Warp compiles
 its kernels with LLVM there), in float32. No autodiff.
 
@@ -55,8 +55,8 @@ if _mjxw.WARP_INSTALLED:
 from mujoco.mjx._src import math as mjx_math, smooth  # noqa: E402
 
 GRAPH_MODES = ("WARP", "JAX", "WARP_STAGED", "WARP_STAGED_EX", "NONE")
-# Contacts per env: the stock models' C MuJoCo maxima over 20 x 50 biased-random steps (mjx_port_notes.md §3:
-# Reach 11, Push 13; PickAndPlace 25) with headroom; Warp counts margin-band contacts as C does.
+# Contacts per env: the stock models' C MuJoCo maxima over 20 x 50 biased-random steps (measured
+# 2026-11-21: Reach 11, Push 13; PickAndPlace 25) with headroom; Warp counts margin-band contacts as C does.
 DEFAULT_CONTACTS = {False: 32, True: 48}  # keyed by task.has_object
 DEFAULT_NJMAX = {False: 96, True: 128}  # constraint rows per env (C maxima: Reach 67, Push 72)
 
