@@ -137,14 +137,14 @@ def test_backend_protocol(backend):
   s = jax.jit(env.step)(s, jnp.full((2, 4), 0.5))
 
   # snapshot (in a program) -> replay (host): qpos whose kinematics put the grip where the observation says
-  rep = be.replay(jax.jit(lambda ps: be.snapshot(ps, 1))(s.pipeline_state))
-  assert isinstance(rep, Replay) and rep.qpos.shape == (1, be_nq(env)) and rep.qpos.dtype == np.float64
-  assert (rep.mocap_pos is None) == (backend != "cpu")
   import mujoco
 
   from fetchjax.envs import cpu_backend, scene
 
   m, _ = scene.stock_model(env.task)
+  rep = be.replay(jax.jit(lambda ps: be.snapshot(ps, 1))(s.pipeline_state))
+  assert isinstance(rep, Replay) and rep.qpos.shape == (1, m.nq) and rep.qpos.dtype == np.float64
+  assert (rep.mocap_pos is None) == (backend != "cpu")
   d = mujoco.MjData(m)
   d.qpos[:] = rep.qpos[0]
   mujoco.mj_kinematics(m, d)
@@ -169,9 +169,3 @@ def test_backend_protocol(backend):
   arm = np.setdiff1d(np.arange(m.nq), scene.SceneIds.of(m).finger_qposadr)
   assert np.abs(moved - rep.qpos[:1]).max() > 1e-3
   np.testing.assert_allclose(moved[:, arm], stepped[:, arm], atol=0 if backend == "cpu" else 1e-6)
-
-
-def be_nq(env) -> int:
-  from fetchjax.envs import scene
-
-  return scene.stock_model(env.task)[0].nq

@@ -11,7 +11,6 @@ the trajectories are gymnasium-robotics' own, bit for bit.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 
 import jax
@@ -106,6 +105,44 @@ class _HostSim:
       d.qpos[self.ids.object_qposadr:self.ids.object_qposadr + 2] = xy
     mujoco.mj_forward(self.m, d)
 
+  def _advance(self, d, state, action):
+    """The physics of one env step from `state`: mocap target from the gripper pose, then the substeps."""
+    m, gid = self.m, self.ids.gripper_body
+    mujoco.mj_setState(m, d, state, _STATE_SPEC)
+    mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
+    # _set_action/mocap_set_action: 0.05*a in the action's dtype, added to the body pose in float64.
+    d.mocap_pos[0] = d.xpos[gid] + action[:3] * 0.05
+    d.mocap_quat[0] = d.xquat[gid] + self._quat_delta
+    mujoco.mj_step(m, d, nstep=self.task.n_substeps)
+
+  def physics_step(self, state, action):
+    """`_advance` alone for every env: no blocked fingers, observation or reset."""
+    lead = state.shape[:-1]
+    st = np.ascontiguousarray(state).reshape(-1, 2 * self.nstate).view(np.float64).copy()
+    action = np.asarray(action).reshape(-1, 4)
+
+    def work(d, idx):
+      for i in idx:
+        self._advance(d, st[i], action[i])
+        mujoco.mj_getState(self.m, d, st[i], _STATE_SPEC)
+
+    self._parallel(work, len(st))
+    return st.view(np.uint32).reshape(lead + (-1,))
+
+  def observe_states(self, qpos, qvel):
+    """(observation, achieved goal) of given qpos/qvel after mj_forward, as `_get_obs` computes them."""
+    qpos, qvel = np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)
+    buf = self._new_buffers(len(qpos))
+
+    def work(d, idx):
+      for i in idx:
+        d.qpos[:], d.qvel[:] = qpos[i], qvel[i]
+        mujoco.mj_forward(self.m, d)
+        self._record(d, i, buf)
+
+    self._parallel(work, len(qpos))
+    return self._observations(buf)
+
   def reset(self, object_xy, exact_xy=None):
     object_xy = np.asarray(object_xy, np.float64)
     if exact_xy is not None:  # float64 bits, lossless
@@ -132,16 +169,11 @@ class _HostSim:
     xy = np.asarray(reset_xy, np.float64).reshape(-1, 2)
     n = len(state)
     term, nxt = self._new_buffers(n), self._new_buffers(n)
-    ids, m, task = self.ids, self.m, self.task
+    m, task = self.m, self.task
 
     def work(d, idx):
       for i in idx:
-        mujoco.mj_setState(m, d, state[i], _STATE_SPEC)
-        mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
-        # _set_action/mocap_set_action: 0.05*a in the action's dtype, added to the body pose in float64.
-        d.mocap_pos[0] = d.xpos[ids.gripper_body] + action[i, :3] * 0.05
-        d.mocap_quat[0] = d.xquat[ids.gripper_body] + self._quat_delta
-        mujoco.mj_step(m, d, nstep=task.n_substeps)
+        self._advance(d, state[i], action[i])
         if task.block_gripper:  # _step_callback
           d.qpos[self._fq] = 0.0
           mujoco.mj_forward(m, d)
@@ -161,41 +193,6 @@ class _HostSim:
       ag_n = np.where(mask[:, None], ag_r, ag_t)
     shape = lambda x: x.reshape(lead + x.shape[-1:])
     return (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
-
-
-def _host_physics_step(host: "_HostSim", state, action):
-  """C MuJoCo's part of `_HostSim.step`: mocap target from the gripper pose, n_substeps; nothing else."""
-  lead = state.shape[:-1]
-  st = np.ascontiguousarray(state).reshape(-1, 2 * host.nstate).view(np.float64).copy()
-  action = np.asarray(action).reshape(-1, 4)
-  m, gid = host.m, host.ids.gripper_body
-
-  def work(d, idx):
-    for i in idx:
-      mujoco.mj_setState(m, d, st[i], _STATE_SPEC)
-      mujoco.mj_kinematics(m, d)
-      d.mocap_pos[0] = d.xpos[gid] + action[i, :3] * 0.05
-      d.mocap_quat[0] = d.xquat[gid] + host._quat_delta  # pylint: disable=protected-access
-      mujoco.mj_step(m, d, nstep=host.task.n_substeps)
-      mujoco.mj_getState(m, d, st[i], _STATE_SPEC)
-
-  host._parallel(work, len(st))  # pylint: disable=protected-access
-  return st.view(np.uint32).reshape(lead + (-1,))
-
-
-def _host_observe_states(host: "_HostSim", qpos, qvel):
-  """(observation, achieved goal) of given qpos/qvel after mj_forward, as `_get_obs` computes them."""
-  qpos, qvel = np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)
-  buf = host._new_buffers(len(qpos))  # pylint: disable=protected-access
-
-  def work(d, idx):
-    for i in idx:
-      d.qpos[:], d.qvel[:] = qpos[i], qvel[i]
-      mujoco.mj_forward(host.m, d)
-      host._record(d, i, buf)  # pylint: disable=protected-access
-
-  host._parallel(work, len(qpos))  # pylint: disable=protected-access
-  return host._observations(buf)  # pylint: disable=protected-access
 
 
 def state_part(m: mujoco.MjModel, state_f64: np.ndarray, part: mujoco.mjtState) -> np.ndarray:
@@ -238,13 +235,12 @@ class CPhysics:
                              reset_xy, vmap_method="broadcast_all")
 
   def physics_step(self, state, action):
-    return jax.pure_callback(functools.partial(_host_physics_step, self.host), jax.ShapeDtypeStruct(
-        state.shape, jnp.uint32), state, action.astype(jnp.float32), vmap_method="broadcast_all")
+    return jax.pure_callback(self.host.physics_step, jax.ShapeDtypeStruct(state.shape, jnp.uint32), state,
+                             action.astype(jnp.float32), vmap_method="broadcast_all")
 
   def observe_states(self, qpos, qvel):
     n = qpos.shape[0]
-    return jax.pure_callback(functools.partial(_host_observe_states, self.host), self._shapes(n)[1:], qpos, qvel,
-                             vmap_method="sequential")
+    return jax.pure_callback(self.host.observe_states, self._shapes(n)[1:], qpos, qvel, vmap_method="sequential")
 
   def snapshot(self, state, k: int):
     return state[:k]  # the whole C state (the bits of float64 mjSTATE_INTEGRATION: qpos and the mocap target)

@@ -304,12 +304,9 @@ class WarpPhysics:
 
   def physics_step(self, state, action):
     """Mocap target + the substeps from the compact state, back to the compact state (no final forward: the
-    gripper pose and contact counts are then stale). One flat batch of worlds, not folded across vmaps: for
+    gripper pose is that of the last substep's position stage). One flat batch of worlds, not folded across vmaps: for
     timing the physics alone."""
-    d = self._physics_data(self._data(state), action.astype(jnp.float32), state["gripper_pose"])
-    g = self.ids.gripper_body
-    return {**state, **{_key(p): _get(d, p) for p in CARRIED},
-            "gripper_pose": jnp.concatenate([d.xpos[:, g], d.xquat[:, g]], -1)}
+    return self._compact(self._physics_data(self._data(state), action.astype(jnp.float32), state["gripper_pose"]))
 
   def snapshot(self, state, k: int):
     return state["qpos"][:k]
