@@ -61,6 +61,12 @@ def _td3_her():
 
 
 CASES = {"ppo": _ppo, "sac_her": _sac_her, "td3_her": _td3_her}
+# Leaves a refactor moved without changing a bit: recorded path prefix -> path now. The digests must still match,
+# so a rename is not a way to hide a change; re-recording drops the need for an entry.
+RENAMED = {
+    ".buffer.observation": ".buffer.obs['observation']",      # issue 13: the HER buffer stores an obs pytree
+    ".buffer.achieved_goal": ".buffer.obs['achieved_goal']",
+}
 SEEDS = (0, 1)
 
 
@@ -135,12 +141,20 @@ def record(name: str, runner, metrics) -> Path:
   return out
 
 
+def renamed(path: str) -> str:
+  """A recorded leaf path as the code names that leaf now (RENAMED)."""
+  for old, new in RENAMED.items():
+    if path == old or path.startswith(old + ".") or path.startswith(old + "["):
+      return new + path[len(old):]
+  return path
+
+
 def load(name: str) -> tuple[dict[str, str], dict, dict]:
-  """(leaf digests by path, metrics, fingerprint) of a recording."""
+  """(leaf digests by path, as the code names the leaves now; metrics; fingerprint) of a recording."""
   import numpy as np
 
   with np.load(path_of(name)) as f:
-    table = dict(zip(f["leaf_paths"].tolist(), f["leaf_digests"].tolist()))
+    table = {renamed(p): d for p, d in zip(f["leaf_paths"].tolist(), f["leaf_digests"].tolist())}
     metrics = {k[len("metric/"):]: f[k] for k in f.files if k.startswith("metric/")}
     return table, metrics, json.loads(str(f["fingerprint"]))
 

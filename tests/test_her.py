@@ -6,6 +6,7 @@ achieved_goal (e, t, 0), observation (e, t, seed, 1), desired goal (e, -100, 0) 
 action (e, t, seed, 0) and stored reward -(1000 e + t), so a sampled batch decodes into (episode, t, t').
 """
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def fill(buf, n_steps, seed=0):
 
 
 def new_buf(blocks):
-  return her.create(blocks * N * T, N, OBS_DIM)
+  return her.create(blocks * N * T, N, her.state_spec(OBS_DIM))
 
 
 _fill = jax.jit(fill)
@@ -88,25 +89,54 @@ def decode(batch):
 
 # --- create / storage --------------------------------------------------------------------------------------
 def test_create_shapes_and_capacity():
-  buf = her.create(1_000_000, 8, 25)
+  buf = her.create(1_000_000, 8, her.state_spec(25))
   assert buf.capacity_episodes == 20_000 and buf.episode_length == 50  # SB3: 125k rows x 8 envs = 20k episodes
-  assert buf.observation.shape == (20_000, 51, 25) and buf.achieved_goal.shape == (20_000, 51, 3)
+  assert buf.obs["observation"].shape == (20_000, 51, 25) and buf.achieved_goal.shape == (20_000, 51, 3)
   assert buf.action.shape == (20_000, 50, 4) and buf.desired_goal.shape == (20_000, 3)
   assert her.capacity_episodes(1000, 8) == 16          # 20 episodes -> whole blocks of 8
   assert her.capacity_episodes(100, 8) == 16           # at least two blocks
-  pix = her.create(4 * 50, 2, (84, 84, 3), obs_dtype=jnp.uint8)
-  assert pix.observation.shape == (4, 51, 84, 84, 3) and pix.observation.dtype == jnp.uint8
-  with pytest.raises(ValueError, match="dtype"):
-    her.start(pix, {"observation": jnp.zeros((2, 84, 84, 3)), "achieved_goal": jnp.zeros((2, 3)),
-                    "desired_goal": jnp.zeros((2, 3))})
   with pytest.raises(ValueError):
-    her.create(0, 8, 25)
+    her.create(0, 8, her.state_spec(25))
+  with pytest.raises(ValueError, match="goal key"):
+    her.create(200, 2, {"observation": jax.ShapeDtypeStruct((25,), jnp.float32)})
+
+
+def pixel_obs(n, frame=0, dtype=jnp.uint8):
+  """A pixel goal dict: uint8 frames whose every value is `frame`, float proprioception and goals."""
+  return {"pixels": jnp.full((n, 84, 84, 3), frame, dtype), "proprioception": jnp.full((n, 10), float(frame)),
+          "achieved_goal": jnp.full((n, 3), float(frame)), "desired_goal": jnp.zeros((n, 3))}
+
+
+def test_a_pytree_observation_keeps_each_leaf_dtype_and_stores_every_frame_once():
+  """uint8 frames beside float proprioception and goals: each key in its own dtype, one frame per time index
+  (T + 1 per episode, not 2T as obs/next_obs copies), and sampled obs/next_obs rebuilt by index."""
+  n, T_ = 2, 3
+  obs0 = pixel_obs(n)
+  pix = her.create(4 * T_, n, her.spec_of(obs0), T=T_)
+  assert pix.obs["pixels"].shape == (4, T_ + 1, 84, 84, 3) and pix.obs["pixels"].dtype == jnp.uint8
+  assert pix.obs["proprioception"].dtype == jnp.float32 and "desired_goal" not in pix.obs
+  with pytest.raises(ValueError, match="'pixels' dtype float32 != buffer storage dtype uint8"):
+    her.start(pix, pixel_obs(n, dtype=jnp.float32))
+  with pytest.raises(ValueError, match="keys"):
+    her.start(pix, {k: v for k, v in obs0.items() if k != "proprioception"})
+  buf = her.start(pix, obs0)
+  for step in range(1, T_ + 1):
+    o = pixel_obs(n, step)
+    state = SimpleNamespace(obs=o, reward=jnp.zeros(n), info={"final_obs": o})
+    buf = her.add(buf, jnp.zeros((n, 4)), state)
+  assert int(buf.size) == n
+  np.testing.assert_array_equal(np.asarray(buf.obs["pixels"][:n, :, 0, 0, 0]), [[0, 1, 2, 3]] * n)
+  b = her.sample(buf, jax.random.PRNGKey(0), 64, reward_fn, her=False)
+  assert b.obs["pixels"].dtype == jnp.uint8 and b.obs["pixels"].shape == (64, 84, 84, 3)
+  np.testing.assert_array_equal(np.asarray(b.next_obs["pixels"][:, 0, 0, 0]),
+                                np.asarray(b.obs["pixels"][:, 0, 0, 0]) + 1)          # o_{t+1} by index
+  np.testing.assert_array_equal(np.asarray(b.obs["proprioception"][:, 0]), np.asarray(b.obs["pixels"][:, 0, 0, 0]))
 
 
 def test_storage_layout():
   buf = filled(4, 2 * T + 10)
   assert (int(buf.t), int(buf.size), int(buf.pos)) == (10, 2 * N, 2 * N)
-  ag, ob, act = np.asarray(buf.achieved_goal), np.asarray(buf.observation), np.asarray(buf.action)
+  ag, ob, act = np.asarray(buf.achieved_goal), np.asarray(buf.obs["observation"]), np.asarray(buf.action)
   for e in range(2 * N):
     np.testing.assert_array_equal(ag[e, :, 0], e)
     np.testing.assert_array_equal(ag[e, :, 1], np.arange(T + 1))      # o_T is final_obs (e, T), not (e + N, 0)
@@ -238,14 +268,14 @@ def test_vmap_over_seeds():
   seeds = jnp.arange(2.0)
   buf0 = new_buf(4)
   bufs = jax.jit(jax.vmap(lambda s: fill(buf0, 2 * T + 10, s)))(seeds)
-  assert bufs.observation.shape == (2, 4 * N, T + 1, OBS_DIM) and bufs.t.shape == (2,)
+  assert bufs.obs["observation"].shape == (2, 4 * N, T + 1, OBS_DIM) and bufs.t.shape == (2,)
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
   vs = jax.jit(jax.vmap(sampler(256)))(bufs, keys)
   for i in range(2):
     np.testing.assert_array_equal(np.asarray(vs.obs["observation"][i, :, 2]), i)   # each seed its own data
     one = jax.tree.map(lambda x: x[i], bufs)
     alone = filled(4, 2 * T + 10, float(i))                                         # the same data unvmapped
-    np.testing.assert_array_equal(np.asarray(one.observation), np.asarray(alone.observation))
+    np.testing.assert_array_equal(np.asarray(one.obs["observation"]), np.asarray(alone.obs["observation"]))
     single = sampler(256)(one, keys[i])
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(jax.tree.map(lambda x: x[i], vs))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))                  # vmap == per-seed call
@@ -255,7 +285,7 @@ def test_vmap_over_seeds():
 # --- a real fetchjax env ------------------------------------------------------------------------------------
 def test_real_env_rollout():
   env = envs.make("FetchReach-v4", num_envs=4, backend="cpu")
-  buf = her.create(4 * 4 * 50, 4, env.observation_size["observation"])
+  buf = her.create(4 * 4 * 50, 4, her.state_spec(env.observation_size["observation"]))
 
   def rollout(key):
     k0, k1 = jax.random.split(key)
@@ -275,7 +305,7 @@ def test_real_env_rollout():
   assert (int(b.t), int(b.size), int(b.pos)) == (10, 4, 4) and int(steps[-1][0]) == int(b.t)
   ep = lambda x: np.swapaxes(x, 0, 1)  # [time, env, ...] -> [env, time, ...]
   for k in ("observation", "achieved_goal"):
-    stored = np.asarray(getattr(b, k))
+    stored = np.asarray(b.obs[k])
     np.testing.assert_array_equal(stored[:4, :T], ep(obs[k][:T]))
     np.testing.assert_array_equal(stored[:4, T], fin[k][T - 1])                # o_T = final_obs ...
     assert not np.array_equal(stored[:4, T], nxt[k][T - 1])                     # ... not the reset obs

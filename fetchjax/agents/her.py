@@ -4,7 +4,7 @@ axis under `jax.vmap`).
 
 Usage (the SAC loop; `state = env.step(state, action)` between the calls):
 
-    buf = her.create(1_000_000, num_envs=8, obs_dim=env.observation_size["observation"])
+    buf = her.create(1_000_000, num_envs=8, obs_spec=her.spec_of(state.obs))
     buf = her.start(buf, state.obs)                 # after env.reset
     buf = her.add(buf, action, state)               # after every env.step
     batch = her.sample(buf, key, 256, env.compute_reward)           # once can_sample(buf)
@@ -12,15 +12,17 @@ Usage (the SAC loop; `state = env.step(state, action)` between the calls):
 Storage. Fetch episodes are exactly T = 50 steps and a fetchjax env's `num_envs` envs are episode-aligned (they
 start together and auto-reset together), so the buffer is a ring of WHOLE episodes, filled a block of `num_envs`
 episodes at a time:
-  observation   [C, T+1, *obs_shape]  o_0..o_T (o_T = the transition's own `info["final_obs"]`, never the reset
-                                      observation of the next episode)
-  achieved_goal [C, T+1, goal_dim]    ag_0..ag_T
+  obs[key]      [C, T+1, *shape]      every observation key but desired_goal, o_0..o_T (o_T = the transition's own
+                                      `info["final_obs"]`, never the reset observation of the next episode); the
+                                      key set, shapes and dtypes are the env's (`obs_spec`): e.g. float32
+                                      `observation` and `achieved_goal`, or uint8 `pixels` beside float32
+                                      `proprioception` and `achieved_goal`
   desired_goal  [C, goal_dim]         one per episode: fetchjax keeps the goal constant within an episode
                                       (`FetchEnv.step` only replaces it on the auto-reset step)
   action        [C, T, act_dim], reward [C, T]  (the env's reward, returned for real samples as SB3 does)
 Observations are stored once per time index (T+1 per episode), never duplicated per transition as SB3's
-obs/next_obs arrays do, so a pixel pipeline can store uint8 frames the same way at half the memory; the storage
-dtype is `create(obs_dtype=...)` and `start`/`add` refuse observations of another dtype (no silent casts).
+obs/next_obs arrays do, so a pixel pipeline stores each uint8 frame once; each key keeps the dtype of its
+`obs_spec` entry and `start`/`add` refuse observations of another dtype (no silent casts; goals are float32).
 Run `add` inside the jitted training loop (a lax.scan carry) or jit it with donate_argnums=0: its writes are
 then in place (~50 us per step for a 1M-transition Push buffer on 2 CPU cores); a standalone jit without
 donation copies the whole ring on every call.
@@ -63,7 +65,7 @@ guarantees it. `create` keeps at least two blocks of episodes so that this stays
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
 import flax.struct
@@ -73,10 +75,12 @@ import jax.numpy as jnp
 STRATEGIES = ("future", "final", "episode")
 
 
+GOAL_KEYS = ("achieved_goal", "desired_goal")
+
+
 @flax.struct.dataclass
 class EpisodeBuffer:
-  observation: jax.Array    # [C, T+1, *obs_shape], obs_dtype
-  achieved_goal: jax.Array  # [C, T+1, goal_dim] float32
+  obs: dict                 # {key: [C, T+1, *shape]} every observation key but desired_goal, in its spec dtype
   desired_goal: jax.Array   # [C, goal_dim] float32
   action: jax.Array         # [C, T, act_dim] float32
   reward: jax.Array         # [C, T] float32, as the env returned it
@@ -95,10 +99,14 @@ class EpisodeBuffer:
   def episode_length(self) -> int:
     return self.action.shape[-2]
 
+  @property
+  def achieved_goal(self) -> jax.Array:
+    return self.obs["achieved_goal"]
+
 
 @flax.struct.dataclass
 class Batch:
-  obs: dict        # observation / achieved_goal / desired_goal, [B, ...]
+  obs: dict        # the observation dict (every key of the spec, desired_goal relabelled), [B, ...]
   action: jax.Array   # [B, act_dim]
   reward: jax.Array   # [B] float32
   next_obs: dict
@@ -112,36 +120,60 @@ def capacity_episodes(capacity_transitions: int, num_envs: int, T: int = 50) -> 
   return max(2, blocks) * num_envs
 
 
-def create(capacity_transitions: int, num_envs: int, obs_dim: int | Sequence[int], T: int = 50,
-           goal_dim: int = 3, act_dim: int = 4, obs_dtype=jnp.float32) -> EpisodeBuffer:
-  """Empty buffer. `capacity_transitions` is SB3's buffer_size; `obs_dim` an int or a shape (e.g. (84, 84, 3)
-  with obs_dtype=jnp.uint8 for frames)."""
+def spec_of(obs: dict) -> dict:
+  """The `obs_spec` of a batched observation dict (leading env axis dropped): {key: ShapeDtypeStruct}."""
+  return {k: jax.ShapeDtypeStruct(tuple(v.shape[1:]), v.dtype) for k, v in obs.items()}
+
+
+def state_spec(obs_dim: int, goal_dim: int = 3) -> dict:
+  """The `obs_spec` of a state-based goal env: float32 observation [obs_dim] and goals [goal_dim]."""
+  f32 = jnp.float32
+  return {"observation": jax.ShapeDtypeStruct((obs_dim,), f32),
+          "achieved_goal": jax.ShapeDtypeStruct((goal_dim,), f32),
+          "desired_goal": jax.ShapeDtypeStruct((goal_dim,), f32)}
+
+
+def _storage_dtype(key: str, dtype):
+  return jnp.float32 if key in GOAL_KEYS else dtype
+
+
+def create(capacity_transitions: int, num_envs: int, obs_spec: dict, T: int = 50,
+           act_dim: int = 4) -> EpisodeBuffer:
+  """Empty buffer. `capacity_transitions` is SB3's buffer_size; `obs_spec` {key: ShapeDtypeStruct (or anything
+  with .shape and .dtype) of ONE env's observation}: the goal dict's keys with their shapes and storage dtypes
+  (`spec_of(env_state.obs)`, `state_spec(obs_dim)`); goals are stored as float32."""
   for name, v in (("capacity_transitions", capacity_transitions), ("num_envs", num_envs), ("T", T),
-                  ("goal_dim", goal_dim), ("act_dim", act_dim)):
+                  ("act_dim", act_dim)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{name} must be a positive integer, got {v!r}")
-  obs_shape = (obs_dim,) if isinstance(obs_dim, int) else tuple(obs_dim)
+  missing = [k for k in GOAL_KEYS if k not in obs_spec]
+  if missing:
+    raise ValueError(f"obs_spec lacks the goal key(s) {missing}: a HER buffer stores goal-conditioned observations")
   c = capacity_episodes(capacity_transitions, num_envs, T)
   f32 = jnp.float32
+  spec = {k: (tuple(v.shape), _storage_dtype(k, v.dtype)) for k, v in obs_spec.items()}
   return EpisodeBuffer(
-      observation=jnp.zeros((c, T + 1, *obs_shape), obs_dtype),
-      achieved_goal=jnp.zeros((c, T + 1, goal_dim), f32),
-      desired_goal=jnp.zeros((c, goal_dim), f32),
+      obs={k: jnp.zeros((c, T + 1, *shape), dtype) for k, (shape, dtype) in spec.items() if k != "desired_goal"},
+      desired_goal=jnp.zeros((c, *spec["desired_goal"][0]), f32),
       action=jnp.zeros((c, T, act_dim), f32),
       reward=jnp.zeros((c, T), f32),
-      last_obs={"observation": jnp.zeros((num_envs, *obs_shape), obs_dtype),
-                "achieved_goal": jnp.zeros((num_envs, goal_dim), f32),
-                "desired_goal": jnp.zeros((num_envs, goal_dim), f32)},
+      last_obs={k: jnp.zeros((num_envs, *shape), dtype) for k, (shape, dtype) in spec.items()},
       t=jnp.zeros((), jnp.int32), size=jnp.zeros((), jnp.int32), pos=jnp.zeros((), jnp.int32),
       num_envs=num_envs)
 
 
 def _check_obs(buf: EpisodeBuffer, obs: dict) -> dict:
-  if obs["observation"].dtype != buf.observation.dtype:  # static under jit: a trace-time error
-    raise ValueError(f"observation dtype {obs['observation'].dtype} != buffer storage dtype "
-                     f"{buf.observation.dtype} (create(obs_dtype=...))")
-  return {"observation": obs["observation"], "achieved_goal": obs["achieved_goal"].astype(jnp.float32),
-          "desired_goal": obs["desired_goal"].astype(jnp.float32)}
+  """`obs` in the buffer's storage dtypes: goals cast to float32, any other key must already match (checked at
+  trace time: a uint8 frame must not become float silently, nor a float become uint8)."""
+  if set(obs) != set(buf.last_obs):
+    raise ValueError(f"observation keys {sorted(obs)} != the buffer's {sorted(buf.last_obs)}")
+  out = {}
+  for k, v in obs.items():
+    want = buf.last_obs[k].dtype
+    if k not in GOAL_KEYS and v.dtype != want:
+      raise ValueError(f"observation {k!r} dtype {v.dtype} != buffer storage dtype {want} (create(obs_spec=...))")
+    out[k] = v.astype(want)
+  return out
 
 
 def start(buf: EpisodeBuffer, obs: dict) -> EpisodeBuffer:
@@ -161,14 +193,15 @@ def add(buf: EpisodeBuffer, action: jax.Array, env_state) -> EpisodeBuffer:
   nxt = _check_obs(buf, env_state.info["final_obs"])
   last = buf.last_obs
   pos, t = buf.pos, buf.t
-  # o_t (rewritten with the same value from step t-1, except at t = 0) and o_{t+1} in one write per array.
-  obs_pair = jnp.stack([last["observation"], nxt["observation"]], axis=1)
-  ag_pair = jnp.stack([last["achieved_goal"], nxt["achieved_goal"]], axis=1)
   upd = jax.lax.dynamic_update_slice
   zero = jnp.zeros((), jnp.int32)
+
+  def write(stored, key):  # o_t (rewritten with the same value from step t-1, except at t = 0) and o_{t+1}
+    pair = jnp.stack([last[key], nxt[key]], axis=1)
+    return upd(stored, pair, (pos, t) + (zero,) * (pair.ndim - 2))
+
   buf = buf.replace(
-      observation=upd(buf.observation, obs_pair, (pos, t) + (zero,) * (obs_pair.ndim - 2)),
-      achieved_goal=upd(buf.achieved_goal, ag_pair, (pos, t, zero)),
+      obs={k: write(v, k) for k, v in buf.obs.items()},
       desired_goal=upd(buf.desired_goal, last["desired_goal"], (pos, zero)),
       action=upd(buf.action, action.astype(jnp.float32)[:, None], (pos, t, zero)),
       reward=upd(buf.reward, env_state.reward.astype(jnp.float32)[:, None], (pos, t)))
@@ -218,10 +251,8 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
   ep = (buf.pos - jnp.maximum(n_valid, 1) + offset) % c
   t = jax.random.randint(k_t, (batch_size,), 0, T)
 
-  obs = {"achieved_goal": buf.achieved_goal[ep, t], "desired_goal": buf.desired_goal[ep],
-         "observation": buf.observation[ep, t]}
-  next_obs = {"achieved_goal": buf.achieved_goal[ep, t + 1], "desired_goal": buf.desired_goal[ep],
-              "observation": buf.observation[ep, t + 1]}
+  obs = {**{k: v[ep, t] for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
+  next_obs = {**{k: v[ep, t + 1] for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
   reward = buf.reward[ep, t]
 
   n_virtual = num_virtual(batch_size, n_sampled_goal, her)

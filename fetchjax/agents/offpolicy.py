@@ -160,7 +160,6 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   `gradient_steps` updates (grad_step index 0..G-1, as one SB3 `train()` call).
   """
   c = config
-  obs_size = env.observation_size["observation"]
   act_size = env.action_size
   steps = env.max_episode_steps
   if steps != EPISODE_STEPS:
@@ -170,7 +169,7 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     key, k_learn, k_env = jax.random.split(key, 3)
     ts = learner.init(k_learn).replace(key=key)
     env_state = env.reset(k_env)
-    buf = her.create(c.buffer_size, c.num_envs, obs_size, T=steps, goal_dim=3, act_dim=act_size)
+    buf = her.create(c.buffer_size, c.num_envs, her.spec_of(env_state.obs), T=steps, act_dim=act_size)
     buf = her.start(buf, env_state.obs)
     return RunnerState(ts, env_state, buf, jnp.zeros(c.num_envs, jnp.float32))
 
