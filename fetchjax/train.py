@@ -207,6 +207,7 @@ class Plan:
   eval_episodes: int
   video_episodes: int
   pause_at: int | None = None
+  checkpoint_buffer: bool = True  # the replay buffer in checkpoints (exact resume) or not (smaller checkpoints)
 
 
 def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
@@ -222,7 +223,7 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
       config = dataclasses.replace(config, total_timesteps=a.total_steps)
     plan = Plan(meta["algo"], meta["env_id"], meta["seeds"], config, meta.get("preset", "?"),
                 a.checkpoint_every or meta.get("checkpoint_every", 0), a.eval_episodes, a.video_episodes,
-                a.pause_at)
+                a.pause_at, meta.get("checkpoint_buffer", True))
     return rd, plan, meta
   algo = agents.get(a.algo)
   if a.env not in envs.list_envs():
@@ -260,8 +261,11 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
     overrides["backend"] = a.backend
   config = algo.preset(preset, **overrides)
   run_dir = a.run_dir or f"runs/{a.algo}_{a.env}_{time.strftime('%Y%m%d-%H%M%S')}"
+  keep_buffer = a.checkpoint_buffer != "off"
+  if not keep_buffer and algo.drop_buffer is None:
+    raise ValueError(f"--checkpoint-buffer off: --algo {a.algo} has no replay buffer")
   return runs.RunDir(run_dir), Plan(a.algo, a.env, seeds, config, preset, a.checkpoint_every or 0,
-                                    a.eval_episodes, a.video_episodes, a.pause_at), None
+                                    a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer), None
 
 
 @dataclasses.dataclass
@@ -291,7 +295,10 @@ class _Session:
 
   def checkpoint(self) -> None:
     p = self.progress
-    self.rd.save_checkpoint(p.updates * self.per_update, {"runner": p.runner}, p.steps, p.history)
+    algo = agents.get(self.plan.algo)
+    runner = p.runner if self.plan.checkpoint_buffer else algo.drop_buffer(p.runner)
+    self.rd.save_checkpoint(p.updates * self.per_update, {"runner": runner}, p.steps, p.history,
+                            policy=algo.policy_of(self.plan.config, p.runner))
     self.rd.save_metrics(p.steps, p.history)
 
   def set_status(self, status: str) -> None:
@@ -375,7 +382,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
     backend = envs.default_backend() if cfg.backend == "auto" else cfg.backend
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
                 n_envs=cfg.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
-                checkpoint_every=ckpt_every, backend=backend,
+                checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
                 physics=PHYSICS_DESCRIPTION.get(backend, backend),
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
                 command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
@@ -392,9 +399,15 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
         f"device {meta['device']['kind']}")
   else:
     target = jax.eval_shape(v_init, keys)
+    if not plan.checkpoint_buffer:
+      target = algo.drop_buffer(target)
     with stop.critical():
       ckpt_step, restored, saved_metrics = rd.restore_checkpoint({"runner": target}, resume_step, writable=True)
     runner = restored["runner"]
+    if not plan.checkpoint_buffer:  # an empty buffer, filled again from here: the run continues, not bit-exactly
+      runner = jax.jit(jax.vmap(algo.fresh_buffer))(runner, v_init(keys))
+      say("note: the run's checkpoints leave out the replay buffer (--checkpoint-buffer off): training resumes "
+          "with an empty one, so this run no longer reproduces an uninterrupted one bit for bit")
     done = int(np.asarray(runner.train_state.step).reshape(-1)[0])
     if done * per_update != ckpt_step:
       raise runs.RunError(f"checkpoint {ckpt_step} holds {done} updates, not {ckpt_step // per_update}")
@@ -489,7 +502,7 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
   report, meta = None, rd.read_meta()
   if plan.eval_episodes > 0:
     record = plan.video_episodes
-    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(runner), plan.seeds,
+    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(cfg, runner), plan.seeds,
                                    plan.eval_episodes, 0, True, cfg.backend, record=min(record, plan.eval_episodes))
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
@@ -564,6 +577,9 @@ def main(argv=None) -> int:
                  help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
                       "~/.cache/fetchjax/jax; off: none)")
   p.add_argument("--checkpoint-every", type=int, default=None, help="env steps per seed between checkpoints")
+  p.add_argument("--checkpoint-buffer", choices=("on", "off"), default=None,
+                 help="store the replay buffer in checkpoints (default on: resume is exact; off: much smaller "
+                      "checkpoints, resume refills the buffer)")
   p.add_argument("--eval-episodes", type=int, default=100, help="deterministic eval episodes per seed (0: skip)")
   p.add_argument("--video-episodes", type=int, default=2, help="eval episodes in the MP4 (0: no video)")
   p.add_argument("--pause-at", type=int, default=None, metavar="STEPS",
@@ -574,7 +590,8 @@ def main(argv=None) -> int:
     p.error("--step picks the checkpoint to resume from: it needs --resume RUN_DIR")
   if a.resume and (a.run_dir or a.set or a.seeds or a.n_envs or a.preset or a.backend or a.algo != "ppo"
                    or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
-                   or a.her_strategy or a.ent_coef is not None or a.gamma is not None):
+                   or a.her_strategy or a.ent_coef is not None or a.gamma is not None
+                   or a.checkpoint_buffer is not None):
     p.error("--resume takes its settings from the run; only --step, --total-steps, --checkpoint-every, "
             "--pause-at, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given with it")
   if a.step is not None and a.step < 0:

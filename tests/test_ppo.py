@@ -11,7 +11,7 @@ import flax.linen as nn
 
 from fetchjax import agents
 from fetchjax.agents import nets, ppo
-from fetchjax.agents.observations import flatten_obs
+from fetchjax.encoders import flatten_obs
 
 PPO = agents.get("ppo")
 from fetchjax.agents.ppo import PPOConfig

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 
 import fetchjax.envs as envs
 from fetchjax import agents
-from fetchjax.agents import configs, offpolicy, sac, td3
-from fetchjax.agents.observations import flatten_obs
+from fetchjax.agents import configs, her, offpolicy, sac, td3
 
 SAC, TD3 = agents.get("sac"), agents.get("td3")
 
@@ -31,12 +30,19 @@ def reach2():
   return envs.make("FetchReach-v4", num_envs=2, backend="cpu")
 
 
-def _batch(key, n=64, obs=16):
+SPEC = her.state_spec(10)  # FetchReach's goal dict: 16 values flattened
+
+
+def _obs(key, n):
+  """A random Reach goal dict of n envs."""
+  ks = jax.random.split(key, 3)
+  return {k: jax.random.normal(kk, (n, s.shape[0])) for kk, (k, s) in zip(ks, sorted(SPEC.items()))}
+
+
+def _batch(key, n=64):
   k = jax.random.split(key, 4)
-  return offpolicy.Batch(jax.random.normal(k[0], (n, obs)),
-                         jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
-                         -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32),
-                         jax.random.normal(k[3], (n, obs)), jnp.zeros(n))
+  return offpolicy.Batch(_obs(k[0], n), jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
+                         -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32), _obs(k[3], n), jnp.zeros(n))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,7 +89,7 @@ def test_presets_and_config():
 # ----------------------------------------------------------------------------------------------------------
 def test_networks_shapes_and_torch_init():
   cfg = sac.SACConfig()
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = jax.jit(learner.init)(jax.random.PRNGKey(0))
   p = ts.actor_params["params"]
   assert p["latent_pi"]["dense_0"]["kernel"].shape == (16, 256)
@@ -99,14 +105,15 @@ def test_networks_shapes_and_torch_init():
   assert np.abs(b).max() <= 1 / math.sqrt(20) and np.abs(b).max() > 0.9 / math.sqrt(20)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), ts.critic_params, ts.target_critic_params))
   assert float(ts.log_ent_coef[0]) == 0.0  # alpha = 1
-  mean, log_std = jax.jit(learner.actor.apply)(ts.actor_params, jnp.zeros((5, 16)))
-  q1, q2 = jax.jit(learner.critic.apply)(ts.critic_params, jnp.zeros((5, 16)), jnp.zeros((5, 4)))
+  zeros = offpolicy.obs_zeros(SPEC, 5)
+  mean, log_std = jax.jit(learner.actor.apply)(ts.actor_params, zeros)
+  q1, q2 = jax.jit(learner.critic.apply)(ts.critic_params, zeros, jnp.zeros((5, 4)))
   assert mean.shape == log_std.shape == (5, 4) and q1.shape == q2.shape == (5,)
   # log_std head clipped to [-20, 2]
   big = jax.tree.map(lambda x: x * 1e3, ts.actor_params)
-  _, ls = jax.jit(learner.actor.apply)(big, jax.random.normal(jax.random.PRNGKey(1), (64, 16)))
+  _, ls = jax.jit(learner.actor.apply)(big, _obs(jax.random.PRNGKey(1), 64))
   assert float(ls.max()) == 2.0 and float(ls.min()) == -20.0
-  t = jax.jit(td3.make_learner(td3.TD3Config(), 16, 4).init)(jax.random.PRNGKey(0))
+  t = jax.jit(td3.make_learner(td3.TD3Config(), SPEC, 4).init)(jax.random.PRNGKey(0))
   assert t.actor_params["params"]["dense_0"]["kernel"].shape == (16, 400)
   assert t.actor_params["params"]["dense_2"]["kernel"].shape == (300, 4)
   assert t.critic_params["params"]["qf0"]["dense_1"]["kernel"].shape == (400, 300)
@@ -130,22 +137,22 @@ def test_squashed_log_prob_formula_and_deterministic_action():
   np.testing.assert_allclose(float(sac.log1m_tanh_sq(jnp.asarray(60.0))), math.log(1e-6), rtol=1e-6)
   # deterministic action = tanh(mean); sampled actions stay in (-1, 1)
   cfg = sac.SACConfig(hidden_sizes=(32, 32))
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = learner.init(jax.random.PRNGKey(3))
   obs = {"achieved_goal": jnp.ones((7, 3)), "desired_goal": jnp.zeros((7, 3)), "observation": jnp.ones((7, 10))}
-  mu, _ = learner.actor.apply(ts.actor_params, flatten_obs(obs))
+  mu, _ = learner.actor.apply(ts.actor_params, obs)
   act = sac.make_act(cfg)
-  pol = offpolicy.policy_of(offpolicy.RunnerState(ts, None, None, None))
+  pol = offpolicy.policy_of(cfg, offpolicy.RunnerState(ts, None, None, None))
   np.testing.assert_array_equal(np.asarray(act(pol, obs)), np.asarray(jnp.tanh(mu)))
   sampled = np.asarray(act(pol, obs, jax.random.PRNGKey(0)))
   assert np.all(np.abs(sampled) <= 1) and not np.allclose(sampled, np.asarray(jnp.tanh(mu)))
-  assert offpolicy.policy_of({"train_state": {"actor_params": 1}}) == {"actor_params": 1}
+  assert offpolicy.policy_of(cfg, {"train_state": {"actor_params": 1}}) == {"actor_params": 1}
 
 
 @pytest.mark.parametrize("ent_coef", ["auto", 0.1])
 def test_update_losses_alpha_and_polyak(ent_coef):
   cfg = sac.SACConfig(hidden_sizes=(32, 32), ent_coef=ent_coef, tau=0.005, target_update_interval=2)
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = learner.init(jax.random.PRNGKey(0))
   # move the targets away from the critics so that the Polyak average is visible
   ts = ts.replace(target_critic_params=jax.tree.map(lambda x: x + 0.1, ts.target_critic_params))
@@ -193,8 +200,8 @@ def test_warmup_random_actions_and_when_training_starts(reach2):
   """Uniform actions while num_timesteps < learning_starts, then the policy; gradient steps once
   num_timesteps > learning_starts (and an episode is complete: see test_td3_smoke); run in two chunks."""
   cfg = sac.SACConfig(**SMALL, learning_starts=120, her=True)
-  learner = sac.make_learner(cfg, 16, 4)
-  learner = dataclasses.replace(learner, explore=lambda ts, obs, key: jnp.full((obs.shape[0], 4), 0.5))
+  learner = sac.make_learner(cfg, SPEC, 4)
+  learner = dataclasses.replace(learner, explore=lambda ts, obs, key: jnp.full((obs["observation"].shape[0], 4), 0.5))
   init, run = offpolicy.make_offpolicy_runner(cfg, reach2, learner)
   run1 = jax.jit(run, static_argnums=1)
   r0 = init(jax.random.PRNGKey(0))
@@ -341,8 +348,8 @@ def test_td3_smoke(reach2):
   assert moved(ts.target_actor_params, r0.train_state.target_actor_params)
   act = td3.make_act(cfg)
   obs = jax.tree.map(lambda x: x[:2], r.env_state.obs)
-  a = act(offpolicy.policy_of(r), obs)
+  a = act(offpolicy.policy_of(cfg, r), obs)
   assert a.shape == (2, 4) and bool(jnp.all(jnp.abs(a) <= 1))
-  assert not jnp.allclose(act(offpolicy.policy_of(r), obs, jax.random.PRNGKey(1)), a)
+  assert not jnp.allclose(act(offpolicy.policy_of(cfg, r), obs, jax.random.PRNGKey(1)), a)
   assert set(td3.TB_NAMES) <= set(m) | {"n_updates"}
   assert set(sac.TB_NAMES) - {"ent_coef", "ent_coef_loss", "log_prob_mean"} == set(td3.TB_NAMES)

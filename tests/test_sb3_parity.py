@@ -45,7 +45,7 @@ from measured import Recorder, max_abs, rel  # noqa: E402
 
 from fetchjax.agents import ppo  # noqa: E402
 from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob  # noqa: E402
-from fetchjax.agents.observations import OBS_KEYS, flatten_obs  # noqa: E402
+from fetchjax.encoders import OBS_KEYS, flatten_obs  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
 N_ENVS, N_STEPS = 2, 64          # 128 transitions; Fetch episodes are 50 steps -> one truncation per env

@@ -4,8 +4,8 @@
                              imports another
     offpolicy.py             the replay/update loop SAC and TD3 share (warm-up, HER buffer, train_freq, ...)
     her.py                   the episode replay buffer with SB3's HER sampling
-    nets.py                  networks and initialisers several algorithms use; the diagonal Gaussian
-    observations.py          the policy input: the goal dict in SB3's sorted-key order
+    nets.py                  networks and initialisers several algorithms use, where an encoder lives
+                             (ROUTINGS), the diagonal Gaussian
     configs.py               what every config shares: presets with checked overrides, meta.json round trip
 
 `ALGORITHMS[name]` is an `Algorithm`: everything a CLI needs about one algorithm, spelled out once.
@@ -29,12 +29,14 @@ class Algorithm:
   presets: Mapping[str, Any]        # name -> config
   make_runner: Callable             # (config, env=None) -> (init(key) -> runner, run(runner, n) -> (runner, metrics))
   make_train: Callable              # (config, env=None) -> train(key) -> (train state, metrics): the whole run
-  policy_of: Callable               # runner (or its raw restored dict) -> what `act` needs
+  policy_of: Callable               # (config, runner or its raw restored dict) -> what `act` needs
   make_act: Callable                # config -> act(policy, obs, key=None) -> action in [-1, 1]
   tb_names: Mapping[str, str]       # metric -> SB3 logger key
   tb_constants: Callable            # config -> {SB3 logger key: value} logged every iteration
   check: Callable                   # diagnostics: (history, steps, config, env_id) -> findings
   rule_ids: tuple[str, ...]         # the diagnostics rules `check` (and the eval check) apply
+  drop_buffer: Callable | None = None   # runner -> runner without its replay buffer (checkpoints without it)
+  fresh_buffer: Callable | None = None  # (runner restored without it, runner from init) -> runner, empty buffer
 
   def preset(self, name: str, **overrides):
     """`presets[name]` with `overrides` (checked and typed); ValueError naming the valid presets / fields."""
@@ -50,10 +52,10 @@ ALGORITHMS: dict[str, Algorithm] = {
                      ppo.make_act, ppo.TB_NAMES, ppo.tb_constants, diagnostics.check_ppo, diagnostics.PPO_RULE_IDS),
     "sac": Algorithm("sac", "SAC", sac.SACConfig, sac.PRESETS, sac.make_runner, sac.make_train, offpolicy.policy_of,
                      sac.make_act, sac.TB_NAMES, offpolicy.tb_constants, diagnostics.check_sac,
-                     diagnostics.SAC_RULE_IDS),
+                     diagnostics.SAC_RULE_IDS, offpolicy.drop_buffer, offpolicy.fresh_buffer),
     "td3": Algorithm("td3", "TD3", td3.TD3Config, td3.PRESETS, td3.make_runner, td3.make_train, offpolicy.policy_of,
                      td3.make_act, td3.TB_NAMES, offpolicy.tb_constants, diagnostics.check_td3,
-                     diagnostics.TD3_RULE_IDS),
+                     diagnostics.TD3_RULE_IDS, offpolicy.drop_buffer, offpolicy.fresh_buffer),
 }
 
 

@@ -7,7 +7,7 @@ it resumes a run bit-exactly. One iteration of `run` = one 50-step episode of ev
 
 An algorithm module (sac.py, td3.py) supplies its config (with `EpisodeIterations`, validated by
 `check_offpolicy`), its `TrainState` and a `Learner`: networks, optimisers, `init`, the gradient step `update`
-(on a flattened `Batch`) and `explore`. Pieces of the update both use are here too: `critic_step`, `polyak`.
+(on a `Batch` of observation dicts) and `explore`. Pieces of the update both use are here too: `critic_step`, `polyak`.
 
 SB3 details kept on purpose (they change results):
 - warm-up: uniform actions while `num_timesteps < learning_starts` (num_timesteps = transitions of all envs);
@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax.agents import configs, her
-from fetchjax.agents.observations import flatten_obs
+from fetchjax import encoders
+from fetchjax.agents import configs, her, nets
 
 EPISODE_STEPS = 50                      # every Fetch v4 task
 
@@ -75,18 +75,26 @@ def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
     raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
                      f"{config.goal_selection_strategy!r}")
   object.__setattr__(config, "hidden_sizes", configs.layer_sizes(config.hidden_sizes))
+  if config.encoder not in encoders.ENCODERS:
+    raise ValueError(f"unknown encoder {config.encoder!r}; available: {', '.join(encoders.ENCODERS)}")
+  nets.check_routing(config.encoder_routing)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The learner interface and the update pieces SAC and TD3 share
 # ----------------------------------------------------------------------------------------------------------
 class Batch(NamedTuple):
-  """What the losses read (flattened policy inputs). reward/done: [B]."""
-  obs: jax.Array
+  """What the losses read: observation dicts (the networks' encoders turn them into features). reward/done: [B]."""
+  obs: dict
   action: jax.Array
   reward: jax.Array
-  next_obs: jax.Array
+  next_obs: dict
   done: jax.Array
+
+
+def obs_zeros(obs_spec: dict, batch: int = 1) -> dict:
+  """A zero observation dict of `batch` envs (network initialisation)."""
+  return {k: jnp.zeros((batch, *s.shape), s.dtype) for k, s in obs_spec.items()}
 
 
 def polyak(target, online, tau):
@@ -118,7 +126,7 @@ class Learner:
   init: Callable            # init(key) -> TrainState (key, step, ... zero)
   update: Callable          # update(ts, batch: Batch, key, grad_step: int array) -> (ts, info)
   update_with_noise: Callable  # the same step with its noise given explicitly (SB3 parity tests)
-  explore: Callable         # explore(ts, obs_flat, key) -> action in [-1, 1] (after warm-up)
+  explore: Callable         # explore(ts, obs dict, key) -> action in [-1, 1] (after warm-up)
   info_names: tuple         # keys of `info` reported as metrics
   weights: dict = dataclasses.field(default_factory=dict)  # metric -> 0/1 info key it is averaged over
 
@@ -144,9 +152,8 @@ TB_NAMES = {  # metric -> SB3 logger key of what every off-policy learner report
 }
 
 
-def _batch_from(sample) -> Batch:
-  """her.Batch (goal dicts) -> flattened `Batch` the losses read."""
-  return Batch(flatten_obs(sample.obs), sample.action, sample.reward.reshape(-1), flatten_obs(sample.next_obs),
+def _batch_from(sample: her.Batch) -> Batch:
+  return Batch(sample.obs, sample.action, sample.reward.reshape(-1), sample.next_obs,
                sample.done.reshape(-1).astype(jnp.float32))
 
 
@@ -198,7 +205,7 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
     shape = (c.num_envs, act_size)
     warm = ts.num_timesteps < c.learning_starts
-    policy_action = learner.explore(ts, flatten_obs(env_state.obs), k_pol)
+    policy_action = learner.explore(ts, env_state.obs, k_pol)
     action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
     if action_noise_sigma > 0:
       action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
@@ -261,11 +268,36 @@ def tb_constants(config) -> dict[str, float]:
   return {"train/learning_rate": config.learning_rate}
 
 
-def policy_of(runner) -> dict:
-  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
+def drop_buffer(runner: RunnerState) -> RunnerState:
+  """The runner without its replay buffer (what a checkpoint without the buffer stores)."""
+  return runner.replace(buffer=None)
+
+
+def fresh_buffer(runner: RunnerState, initial: RunnerState) -> RunnerState:
+  """`runner` (restored without its buffer) with the empty buffer of `initial` (a runner from `init`), started
+  from the env's current observations. Checkpoints are taken between iterations, i.e. at episode starts, so
+  the next episodes are stored whole; sampling waits for the first of them (`her.can_sample`)."""
+  return runner.replace(buffer=her.start(initial.buffer, runner.env_state.obs))
+
+
+def policy_of(config, runner) -> dict:
+  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState: the actor's
+  parameters and, when the critic owns the encoder (and it has parameters), the critic encoder's."""
   ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
-  return {"actor_params": ts["actor_params"] if isinstance(ts, dict) else ts.actor_params}
+  get = (lambda k: ts[k]) if isinstance(ts, dict) else (lambda k: getattr(ts, k))
+  policy = {"actor_params": get("actor_params")}
+  if not nets.actor_owns_encoder(config.encoder_routing):
+    enc = nets.encoder_params_of(get("critic_params"))
+    if enc is not None:
+      policy["critic_encoder"] = enc
+  return policy
+
+
+def acting_input(config, critic, policy: dict, obs: dict):
+  """What the actor module reads when acting with `policy` (from `policy_of`) on `obs`."""
+  return nets.actor_input(critic, config.encoder_routing)(policy.get("critic_encoder", {"params": {}}), obs)
 
 
 __all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "Batch", "polyak", "critic_step", "Learner",
-           "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants", "policy_of"]
+           "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants", "policy_of",
+           "acting_input", "obs_zeros", "drop_buffer", "fresh_buffer"]

@@ -29,7 +29,7 @@ import optax
 from fetchjax import envs
 from fetchjax.agents import configs, nets
 from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob
-from fetchjax.agents.observations import flat_size, flatten_obs
+from fetchjax.encoders import flatten_obs
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
@@ -355,7 +355,7 @@ def make_runner(config: PPOConfig, env=None):
   """
   c = config
   env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = flat_size(env)
+  obs_size = sum(spec.shape[-1] for spec in env.observation_spec.values())  # of flatten_obs
   net, tx, loss_fn = make_learner(c, env.action_size)
   collect = make_collector(c, env)
 
@@ -440,7 +440,7 @@ def tb_constants(config: PPOConfig) -> dict[str, float]:
   return {"train/learning_rate": config.learning_rate, "train/clip_range": config.clip_range}
 
 
-def policy_of(runner) -> dict:
+def policy_of(config: PPOConfig, runner) -> dict:
   """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
   ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
   params, rms = (ts["params"], ts["obs_rms"]) if isinstance(ts, dict) else (ts.params, ts.obs_rms)
@@ -451,7 +451,12 @@ def policy_of(runner) -> dict:
 
 def make_act(config: PPOConfig):
   """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic (clipped mean) when key is None."""
-  return lambda policy, obs, key=None: policy_action(policy["params"], obs, config, policy["obs_rms"], key)
+  def act(policy, obs, key=None):
+    rms = policy["obs_rms"]
+    rms = RunningMeanStd(**rms) if isinstance(rms, dict) else rms  # a policy read back from a checkpoint
+    return policy_action(policy["params"], obs, config, rms, key)
+
+  return act
 
 
 __all__ = ["PPOConfig", "PRESETS", "TB_NAMES", "tb_constants", "policy_of", "make_act", "ActorCritic",
