@@ -176,8 +176,9 @@ class CheckpointStore:
   def path(self, step: int) -> Path:
     return self.dir / str(int(step))
 
-  def check(self, step: int) -> str | None:
-    """None if checkpoint `step` is intact; otherwise why not, in a few words."""
+  def check(self, step: int, item: str | None = None) -> str | None:
+    """None if checkpoint `step` is intact (only its `item` directory, e.g. POLICY, when given: a reader of the
+    small policy item must not hash a replay buffer of many GB); otherwise why not, in a few words."""
     root = self.path(step)
     mpath = root / MANIFEST
     if not mpath.is_file():
@@ -192,6 +193,8 @@ class CheckpointStore:
     except (OSError, ValueError, KeyError, TypeError) as e:
       return f"{MANIFEST} is unreadable ({first_line(e)})"
     for rel, want in files.items():
+      if item is not None and not rel.startswith(item + "/"):
+        continue
       f = root / rel
       try:
         size = f.stat().st_size
@@ -302,14 +305,14 @@ class CheckpointStore:
     if step is not None:
       if int(step) not in steps:
         raise CheckpointError(f"no checkpoint at step {step}; available: {', '.join(map(str, steps))}")
-      problem = self.check(step)
+      problem = self.check(step, POLICY if policy_only else None)
       if problem:
         raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}")
       candidates = [int(step)]
     else:
       candidates = []
       for s in reversed(steps):
-        problem = self.check(s)
+        problem = self.check(s, POLICY if policy_only else None)
         if problem is None:
           candidates.append(s)
           continue

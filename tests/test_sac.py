@@ -21,8 +21,7 @@ from fetchjax.agents import configs, her, offpolicy, sac, td3
 
 SAC, TD3 = agents.get("sac"), agents.get("td3")
 
-SMALL = dict(env_id="FetchReach-v4", num_envs=2, buffer_size=2_000, batch_size=32, hidden_sizes=(16, 16),
-             backend="cpu")
+SMALL = dict(buffer_size=2_000, batch_size=32, hidden_sizes=(16, 16))  # on reach2
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +49,22 @@ def _batch(key, n=64):
 # ----------------------------------------------------------------------------------------------------------
 def test_presets_and_config():
   book = SAC.preset("book")
-  assert (book.env_id, book.num_envs, book.buffer_size, book.batch_size, book.learning_starts) == (
-      "FetchReachDense-v4", 8, 1_000_000, 256, 10_000)
+  assert SAC.env_preset("book") == envs.EnvConfig("FetchReachDense-v4", num_envs=8)
+  assert (book.buffer_size, book.batch_size, book.learning_starts) == (1_000_000, 256, 10_000)
   assert (book.learning_rate, book.gamma, book.tau, book.ent_coef, book.train_freq, book.gradient_steps) == (
       3e-4, 0.99, 0.005, "auto", 1, 1)
   assert book.hidden_sizes == (256, 256) and not book.her and book.auto_ent_coef
-  assert book.rollout_size == 400 and book.num_updates == 2500
-  assert SAC.preset("book", total_timesteps=500_000).num_updates == 1250
+  assert book.rollout_size(8) == 400 and book.num_updates(8) == 2500
+  assert SAC.preset("book", total_timesteps=500_000).num_updates(8) == 1250
   her_cfg = SAC.preset("book_her")
-  assert (her_cfg.env_id, her_cfg.gamma, her_cfg.learning_starts, her_cfg.her, her_cfg.n_sampled_goal,
+  assert (SAC.env_preset("book_her").env_id, her_cfg.gamma, her_cfg.learning_starts, her_cfg.her, her_cfg.n_sampled_goal,
           her_cfg.goal_selection_strategy, her_cfg.ent_coef) == ("FetchReach-v4", 0.95, 1000, True, 4, "future", "auto")
   push = SAC.preset("book_her_push")
-  assert (push.env_id, push.ent_coef, push.gamma) == ("FetchPush-v4", 0.05, 0.95) and not push.auto_ent_coef
-  assert SAC.preset("gpu").backend == "auto" and SAC.preset("gpu").gradient_steps > 1
+  assert (SAC.env_preset("book_her_push").env_id, push.ent_coef, push.gamma) == ("FetchPush-v4", 0.05, 0.95)
+  assert not push.auto_ent_coef
+  assert SAC.env_preset("gpu").backend == "auto" and SAC.preset("gpu").gradient_steps > 1
+  assert SAC.env_preset("gpu").num_envs == TD3.env_preset("gpu").num_envs == 512
+  assert set(sac.ENV_PRESETS) == set(sac.PRESETS) and set(td3.ENV_PRESETS) == set(td3.PRESETS)
   # meta.json round trip, as the CLI stores and reloads configs
   for name in sac.PRESETS:
     cfg = sac.PRESETS[name]
@@ -77,10 +79,12 @@ def test_presets_and_config():
     SAC.preset("nope")
   with pytest.raises(ValueError, match="unknown SACConfig field"):
     SAC.preset("book", n_steps=3)
-  for bad in (dict(ent_coef="autox"), dict(ent_coef=-1.0), dict(ent_coef="auto_0"), dict(num_envs=0),
-              dict(goal_selection_strategy="random"), dict(buffer_size=100), dict(hidden_sizes=("[32", "32]"))):
+  for bad in (dict(ent_coef="autox"), dict(ent_coef=-1.0), dict(ent_coef="auto_0"), dict(batch_size=0),
+              dict(goal_selection_strategy="random"), dict(hidden_sizes=("[32", "32]")), dict(num_envs=8)):
     with pytest.raises(ValueError):
       SAC.preset("book", **bad)
+  with pytest.raises(ValueError, match="buffer_size 100 must hold at least one episode per env"):
+    SAC.preset("book", buffer_size=100).check_env(8)
   assert configs.parse_ent_coef("auto_0.1") == (True, 0.1) and configs.parse_ent_coef("0.2") == (False, 0.2)
 
 
@@ -262,8 +266,12 @@ def test_jit_vmap_two_seeds(reach2):
 
 # SAC+HER on sparse FetchReach-v4, shrunk to a CPU test: book_her (gamma 0.95, future k=4) with 1 env (UTD 1),
 # 64-64 nets, ent_coef 0.05, lr 1e-3, learning_starts 500, 12k steps (240 episodes).
-SAC_LEARN = dict(num_envs=1, buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3, ent_coef=0.05,
-                 learning_starts=500, total_timesteps=12_000, backend="cpu")
+SAC_LEARN = dict(buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3, ent_coef=0.05,
+                 learning_starts=500, total_timesteps=12_000)  # on 1 env of FetchReach-v4
+
+
+def reach1():
+  return envs.make("FetchReach-v4", num_envs=1, backend="cpu")
 
 
 def test_sac_her_learns_sparse_reach():
@@ -281,8 +289,8 @@ def test_sac_her_learns_sparse_reach():
   out = {}
   for her in (True, False):
     cfg = SAC.preset("book_her", her=her, **SAC_LEARN)
-    init, run = sac.make_runner(cfg)
-    runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates)
+    init, run = sac.make_runner(cfg, reach1())
+    runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates(1))
     s = np.asarray(m["success_rate"])
     out[her] = (float(s[:40].mean()), float(s[-40:].mean()))
     assert int(m["n_updates"][-1]) == 12_000 - 500
@@ -303,8 +311,8 @@ def test_sac_her_sparse_reach_across_seeds_vs_sb3():
   from fetchjax.gymnasium_reference import gymnasium_make
 
   cfg = SAC.preset("book_her", **SAC_LEARN)
-  init, run = sac.make_runner(cfg)
-  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates)))(jax.random.split(jax.random.PRNGKey(100), 8))
+  init, run = sac.make_runner(cfg, reach1())
+  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates(1))))(jax.random.split(jax.random.PRNGKey(100), 8))
   ours = np.asarray(m["success_rate"])[:, -40:].mean(1)
 
   class Success(BaseCallback):

@@ -51,26 +51,26 @@ EPISODE_STEPS = 50                      # every Fetch v4 task
 class EpisodeIterations:
   """Off-policy configs: one iteration of `run` = one 50-step episode of every env."""
 
-  @property
-  def rollout_size(self) -> int:
+  def rollout_size(self, num_envs: int) -> int:
     """Env transitions per seed per iteration (one episode of every env)."""
-    return EPISODE_STEPS * self.num_envs
+    return EPISODE_STEPS * num_envs
 
-  @property
-  def num_updates(self) -> int:
+  def num_updates(self, num_envs: int) -> int:
     """Iterations of `run` for `total_timesteps` (whole episodes)."""
-    return -(-self.total_timesteps // self.rollout_size)
+    return -(-self.total_timesteps // self.rollout_size(num_envs))
+
+  def check_env(self, num_envs: int) -> None:
+    """What the config requires of the env it trains on (ValueError)."""
+    if self.buffer_size < EPISODE_STEPS * num_envs:
+      raise ValueError(f"buffer_size {self.buffer_size} must hold at least one episode per env "
+                       f"({EPISODE_STEPS * num_envs})")
 
 
 def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
   """Validation shared by the off-policy configs (SACConfig, TD3Config), raising ValueError; `positive`: the
   algorithm's own fields that must be positive integers."""
-  configs.check_ints(config, positive=("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_freq",
-                                       *positive),
+  configs.check_ints(config, positive=("total_timesteps", "buffer_size", "batch_size", "train_freq", *positive),
                      non_negative=("learning_starts", "gradient_steps", "n_sampled_goal"))
-  if config.buffer_size < EPISODE_STEPS * config.num_envs:
-    raise ValueError(f"buffer_size {config.buffer_size} must hold at least one episode per env "
-                     f"({EPISODE_STEPS * config.num_envs})")
   if config.goal_selection_strategy not in ("future", "final", "episode"):
     raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
                      f"{config.goal_selection_strategy!r}")
@@ -167,6 +167,8 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   `gradient_steps` updates (grad_step index 0..G-1, as one SB3 `train()` call).
   """
   c = config
+  c.check_env(env.num_envs)
+  num_envs = env.num_envs
   act_size = env.action_size
   steps = env.max_episode_steps
   if steps != EPISODE_STEPS:
@@ -176,9 +178,9 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     key, k_learn, k_env = jax.random.split(key, 3)
     ts = learner.init(k_learn).replace(key=key)
     env_state = env.reset(k_env)
-    buf = her.create(c.buffer_size, c.num_envs, her.spec_of(env_state.obs), T=steps, act_dim=act_size)
+    buf = her.create(c.buffer_size, num_envs, her.spec_of(env_state.obs), T=steps, act_dim=act_size)
     buf = her.start(buf, env_state.obs)
-    return RunnerState(ts, env_state, buf, jnp.zeros(c.num_envs, jnp.float32))
+    return RunnerState(ts, env_state, buf, jnp.zeros(num_envs, jnp.float32))
 
   weight_keys = sorted(set(learner.weights.values()))
 
@@ -203,7 +205,7 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   def env_step(carry, _):
     ts, env_state, buf, ep_ret = carry
     key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
-    shape = (c.num_envs, act_size)
+    shape = (num_envs, act_size)
     warm = ts.num_timesteps < c.learning_starts
     policy_action = learner.explore(ts, env_state.obs, k_pol)
     action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
@@ -211,8 +213,8 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
       action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
     env_state = env.step(env_state, action)
     buf = her.add(buf, action, env_state)
-    num_timesteps = ts.num_timesteps + c.num_envs
-    vec_steps = num_timesteps // c.num_envs
+    num_timesteps = ts.num_timesteps + num_envs
+    vec_steps = num_timesteps // num_envs
     ts = ts.replace(key=key, num_timesteps=num_timesteps)
     do_train = (num_timesteps > c.learning_starts) & her.can_sample(buf) & (vec_steps % c.train_freq == 0)
     if c.gradient_steps > 0:

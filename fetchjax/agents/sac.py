@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax import encoders, envs
+from fetchjax import encoders
+from fetchjax.envs.config import EnvConfig
 from fetchjax.agents import nets
 from fetchjax.agents.configs import parse_ent_coef
 from fetchjax.agents.nets import MLP, DoubleCritic, TorchDense, gaussian_log_prob
@@ -52,8 +53,6 @@ class SACConfig(EpisodeIterations):
   counts are env transitions summed over the parallel envs; `train_freq` counts vectorised steps (SB3: with
   num_envs envs, one `env.step` of all envs then `gradient_steps` updates -> 1 update per 8 transitions)."""
 
-  env_id: str = "FetchReachDense-v4"
-  num_envs: int = 8
   total_timesteps: int = 1_000_000
   buffer_size: int = 1_000_000        # transitions (rounded down to whole episodes by the buffer)
   batch_size: int = 256
@@ -71,7 +70,6 @@ class SACConfig(EpisodeIterations):
   n_sampled_goal: int = 4             # HER k: her_ratio = 1 - 1/(k+1)
   goal_selection_strategy: str = "future"
   adam_eps: float = 1e-8              # torch.optim.Adam default
-  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx", "warp"
   encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
 
@@ -90,14 +88,19 @@ PRESETS: dict[str, SACConfig] = {
     # Book ch4: SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
     "book": SACConfig(),
     # Book ch5 SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
-    "book_her": SACConfig(env_id="FetchReach-v4", gamma=0.95, learning_starts=1_000, her=True),
+    "book_her": SACConfig(gamma=0.95, learning_starts=1_000, her=True),
     # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
-    "book_her_push": SACConfig(env_id="FetchPush-v4", gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05,
-                               total_timesteps=2_000_000),
+    "book_her_push": SACConfig(gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05, total_timesteps=2_000_000),
     # Many MJX envs on an accelerator (NOT tuned): 512 envs, 8 gradient steps of 1024 per vectorised step
     # (UTD 1/64, each transition replayed ~16 times vs ~32 in the book), SAC+HER on sparse Reach.
-    "gpu": SACConfig(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     learning_starts=10_000, her=True, total_timesteps=5_000_000, backend="auto"),
+    "gpu": SACConfig(batch_size=1024, gradient_steps=8, gamma=0.95, learning_starts=10_000, her=True,
+                     total_timesteps=5_000_000),
+}
+ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the CLI's --env picks the task)
+    "book": EnvConfig("FetchReachDense-v4", num_envs=8),
+    "book_her": EnvConfig("FetchReach-v4", num_envs=8),
+    "book_her_push": EnvConfig("FetchPush-v4", num_envs=8),
+    "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 
 
@@ -278,7 +281,7 @@ TB_NAMES = {  # fetchjax metric -> SB3 logger key (replay/* as the book's SACDia
 }
 
 
-def make_runner(config: SACConfig, env=None):
+def make_runner(config: SACConfig, env):
   """Returns `(init, run)`: `init(key) -> RunnerState`, `run(runner, n) -> (RunnerState, metrics)` doing `n`
   (static) iterations (= episodes of all envs, `config.rollout_size` transitions each) in one `lax.scan`. Both
   are pure and vmap over seeds; chunks give the same bits as one long run.
@@ -290,12 +293,11 @@ def make_runner(config: SACConfig, env=None):
   target_q_mean, reward_mean (sampled, after relabelling); n_updates (cumulative gradient steps), train_calls.
   """
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
   return make_offpolicy_runner(c, env, make_learner(c, env.observation_spec, env.action_size))
 
 
-def make_train(config: SACConfig, env=None):
-  return whole_run(*make_runner(config, env), config.num_updates)
+def make_train(config: SACConfig, env):
+  return whole_run(*make_runner(config, env), config.num_updates(env.num_envs))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,6 +318,6 @@ def make_act(config: SACConfig):
   return lambda policy, obs, key=None: policy_action(policy, obs, config, key)
 
 
-__all__ = ["SACConfig", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+__all__ = ["SACConfig", "PRESETS", "ENV_PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
            "policy_action", "networks", "TrainState", "Actor", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed",
            "critic_loss_fn", "ent_coef_loss_fn"]

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax import encoders, envs
+from fetchjax import encoders
+from fetchjax.envs.config import EnvConfig
 from fetchjax.agents import nets
 from fetchjax.agents.nets import MLP, DoubleCritic
 from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
@@ -37,8 +38,6 @@ from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learn
 class TD3Config(EpisodeIterations):
   """SB3 `TD3` arguments (defaults = the book's `train.py --algo td3` on FetchReachDense-v4)."""
 
-  env_id: str = "FetchReachDense-v4"
-  num_envs: int = 8
   total_timesteps: int = 1_000_000
   buffer_size: int = 1_000_000
   batch_size: int = 256
@@ -57,7 +56,6 @@ class TD3Config(EpisodeIterations):
   n_sampled_goal: int = 4
   goal_selection_strategy: str = "future"
   adam_eps: float = 1e-8
-  backend: str = "auto"
   encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
 
@@ -70,10 +68,16 @@ class TD3Config(EpisodeIterations):
 
 PRESETS: dict[str, TD3Config] = {
     "book": TD3Config(),
-    "book_her": TD3Config(env_id="FetchReach-v4", her=True),
-    "her": TD3Config(env_id="FetchReach-v4", her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
-    "gpu": TD3Config(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="auto"),
+    "book_her": TD3Config(her=True),
+    "her": TD3Config(her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
+    "gpu": TD3Config(batch_size=1024, gradient_steps=8, gamma=0.95, her=True, action_noise_sigma=0.1,
+                     total_timesteps=5_000_000),
+}
+ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the CLI's --env picks the task)
+    "book": EnvConfig("FetchReachDense-v4", num_envs=8),
+    "book_her": EnvConfig("FetchReach-v4", num_envs=8),
+    "her": EnvConfig("FetchReach-v4", num_envs=8),
+    "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 
 
@@ -172,16 +176,15 @@ def make_learner(config: TD3Config, obs_spec: dict, action_size: int = 4) -> Lea
                  names, {"actor_loss": "actor_updated"})
 
 
-def make_runner(config: TD3Config, env=None):
+def make_runner(config: TD3Config, env):
   """`(init, run)` as `sac.make_runner` (same RunnerState layout and metrics, minus the entropy ones; actor_loss
   is averaged over the delayed actor updates only)."""
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
   return make_offpolicy_runner(c, env, make_learner(c, env.observation_spec, env.action_size), c.action_noise_sigma)
 
 
-def make_train(config: TD3Config, env=None):
-  return whole_run(*make_runner(config, env), config.num_updates)
+def make_train(config: TD3Config, env):
+  return whole_run(*make_runner(config, env), config.num_updates(env.num_envs))
 
 
 def policy_action(policy: dict, obs: dict, config: TD3Config, key=None):
@@ -198,5 +201,5 @@ def make_act(config: TD3Config):
   return lambda policy, obs, key=None: policy_action(policy, obs, config, key)
 
 
-__all__ = ["TD3Config", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+__all__ = ["TD3Config", "PRESETS", "ENV_PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
            "policy_action", "networks", "TrainState", "Actor", "critic_loss_fn"]
