@@ -65,8 +65,9 @@ def test_critic_routing_trains_the_encoder_by_the_critic_loss_only(dense_encoder
   new, _ = jax.jit(learner.update)(ts, batch, jax.random.PRNGKey(2), 0)
   assert _changed(new.actor_params, ts.actor_params)
   enc = lambda p: p["params"]["encoder"]  # noqa: E731
-  # the update moves the encoder exactly as the critic step alone does: the actor loss adds nothing
-  target_q = jnp.zeros(32)  # any target: only whether the actor step touches the encoder matters
+  # the actor's input carries no gradient to the encoder (and the actor loss is differentiated w.r.t. the actor's
+  # own parameters, which do not include it); the critic loss does move the encoder
+  target_q = jnp.zeros(32)  # any target
   g_actor = jax.grad(lambda cp: jnp.sum(learner.actor.apply(
       new.actor_params, nets.actor_input(learner.critic, "critic")(cp, batch.obs))[0]))(ts.critic_params)
   assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(enc(g_actor)))  # stop_gradient
@@ -117,5 +118,30 @@ def test_with_a_parameter_free_encoder_the_routings_compute_the_same_update(algo
 def test_bad_encoder_settings_are_one_line_errors():
   with pytest.raises(ValueError, match="encoder_routing must be one of separate, critic, got 'actor'"):
     sac.SACConfig(encoder_routing="actor")
-  with pytest.raises(ValueError, match="unknown encoder 'cnn'; available: flat"):
+  with pytest.raises(ValueError, match="unknown encoder 'cnn'; available: flat, manipulation, nature"):
     td3.TD3Config(encoder="cnn")
+  with pytest.raises(ValueError, match=r"encoder 'manipulation' reads the observation key\(s\) \['pixels'\], which "
+                                       "this env does not provide"):
+    sac.make_learner(sac.SACConfig(encoder="manipulation"), SPEC, 4)
+
+
+def test_a_pixel_encoder_in_the_critic_tree(monkeypatch):
+  """The book's ch9 configuration as a config: ManipulationExtractor owned by the critic (CNN, SpatialSoftmax
+  temperature and LayerNorm in the critic's tree and the target's), the actor on 80 features, none of it in the
+  actor's tree; one update runs and moves the critic's encoder."""
+  spec = {"pixels": jax.ShapeDtypeStruct((84, 84, 12), jnp.uint8),
+          "proprioception": jax.ShapeDtypeStruct((10,), jnp.float32), **{k: SPEC[k] for k in her.GOAL_KEYS}}
+  cfg = sac.SACConfig(hidden_sizes=(16, 16), encoder="manipulation", encoder_routing="critic")
+  learner = sac.make_learner(cfg, spec, 4)
+  ts = jax.jit(learner.init)(jax.random.PRNGKey(0))
+  enc = ts.critic_params["params"]["encoder"]
+  assert {"cnn", "spatial_softmax"} <= set(enc) and "encoder" in ts.target_critic_params["params"]
+  assert ts.actor_params["params"]["latent_pi"]["dense_0"]["kernel"].shape == (80, 16)
+  assert "encoder" not in str(jax.tree_util.tree_structure(ts.actor_params))
+  obs = lambda k: {**offpolicy.obs_zeros(spec, 8),  # noqa: E731
+                   "pixels": jax.random.randint(k, (8, 84, 84, 12), 0, 256).astype(jnp.uint8)}
+  k = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = offpolicy.Batch(obs(k[0]), jax.random.uniform(k[1], (8, 4), minval=-1, maxval=1), -jnp.ones(8), obs(k[2]),
+                          jnp.zeros(8))
+  new, info = jax.jit(learner.update)(ts, batch, jax.random.PRNGKey(2), 0)
+  assert np.isfinite(float(info["critic_loss"])) and _changed(new.critic_params["params"]["encoder"], enc)

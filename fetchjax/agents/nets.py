@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fetchjax.encoders.cnn import torch_uniform  # PyTorch's default Linear/Conv init, shared with the encoders
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -31,17 +33,6 @@ def orthogonal(gain: float = 1.0):
 # ----------------------------------------------------------------------------------------------------------
 # SB3's off-policy networks (SAC, TD3): PyTorch's default `nn.Linear` init
 # ----------------------------------------------------------------------------------------------------------
-def torch_uniform(fan_in: int):
-  """PyTorch `nn.Linear.reset_parameters`: kaiming_uniform(a=sqrt(5)) on the weight = U(+-1/sqrt(fan_in)), and
-  the bias U(+-1/sqrt(fan_in)). No QR, so it vmaps over seeds without the XLA:CPU stall (see `orthogonal`)."""
-  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
 class TorchDense(nn.Module):
   """`nn.Linear` with PyTorch's default init. kernel [in, out] = torch weight.T."""
   features: int

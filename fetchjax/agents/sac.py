@@ -189,6 +189,7 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
   normal pre-squash noise for the actions on s and on s' given explicitly (what the SB3 parity tests drive).
   `obs_spec`: {key: shape/dtype of one env's observation} (`her.spec_of(env_state.obs)`)."""
   c = config
+  encoders.check_inputs(c.encoder, obs_spec)
   actor, critic = networks(c, action_size)
   actor_in = nets.actor_input(critic, c.encoder_routing)
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731

@@ -117,6 +117,7 @@ def make_learner(config: TD3Config, obs_spec: dict, action_size: int = 4) -> Lea
   noise, grad_step)` takes the standard normal target-smoothing noise [B, A] explicitly (parity tests).
   `obs_spec`: {key: shape/dtype of one env's observation}."""
   c = config
+  encoders.check_inputs(c.encoder, obs_spec)
   actor, critic = networks(c, action_size)
   actor_in = nets.actor_input(critic, c.encoder_routing)
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731

@@ -1,4 +1,5 @@
-"""Pixel encoders of book ch9 (spec algorithms.md §5.2) as Flax modules whose weights port 1:1 from PyTorch.
+"""Pixel encoders of book ch9 (its ManipulationCNN, SpatialSoftmax and extractor listings; SB3's NatureCNN) as Flax
+modules whose weights port 1:1 from PyTorch.
 
 Layout: Flax is NHWC, the book and SB3 are NCHW. Pixels arrive as `[..., 84, 84, 3 * frames]` (frames stacked on
 the channel axis, oldest first), uint8 until the network: the modules divide by 255 themselves, as SB3's
@@ -26,9 +27,10 @@ _PAD1 = ((1, 1), (1, 1))  # PyTorch padding=1; Flax 'SAME' would pad (0, 1) at s
 
 
 def torch_uniform(fan_in: int):
-  """PyTorch's default `Conv2d`/`Linear` init, U(+-1/sqrt(fan_in)) for weight and bias (= agents.nets.torch_uniform;
-  not imported from there, since importing fetchjax.agents loads the algorithms, which import the encoders)."""
-  bound = 1.0 / math.sqrt(fan_in)
+  """PyTorch's default `Conv2d`/`Linear` init (`reset_parameters`: kaiming_uniform(a=sqrt(5)) on the weight =
+  U(+-1/sqrt(fan_in)), and the bias U(+-1/sqrt(fan_in))). No QR, so it vmaps over seeds without the XLA:CPU stall
+  of the orthogonal init (agents/nets.py). Here, below the agents, so that networks and encoders share it."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
