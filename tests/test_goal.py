@@ -1,5 +1,4 @@
 """Pure goal-env functions against gymnasium-robotics' own implementations."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -3,6 +3,7 @@ train_freq / gradient_steps, chunked runs = one run, jit(vmap) over seeds."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest

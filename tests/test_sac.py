@@ -220,12 +220,12 @@ def test_sac_her_learns_sparse_reach():
   At 8k steps both SB3 (0.13-0.80 over 10 seeds) and fetchjax (0.05-0.95 over 12) are still mid-ramp: one seed's
   value there depends on the platform's float rounding, so the budget is 12k, where every seed has learned."""
   out = {}
-  for her in (True, False):
-    cfg = SAC.preset("book_her", her=her, **SAC_LEARN)
+  for use_her in (True, False):
+    cfg = SAC.preset("book_her", her=use_her, **SAC_LEARN)
     init, run = sac.make_runner(cfg, reach1())
     runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates(1))
     s = np.asarray(m["success_rate"])
-    out[her] = (float(s[:40].mean()), float(s[-40:].mean()))
+    out[use_her] = (float(s[:40].mean()), float(s[-40:].mean()))
     assert int(m["n_updates"][-1]) == 12_000 - 500
   print(f"SAC sparse Reach, success first/last 40 episodes: HER {out[True]}, no HER {out[False]}")
   (first, last), (_, last_no_her) = out[True], out[False]
@@ -235,9 +235,16 @@ def test_sac_her_learns_sparse_reach():
 
 @pytest.mark.slow
 def test_sac_her_sparse_reach_across_seeds_vs_sb3():
-  """The learning check over 8 vmapped fetchjax seeds beside 6 seeds of SB3 2.9.2's SAC + HerReplayBuffer with
-  the same settings (~8 min on 2 cores): fetchjax's mean last-40 success within 0.1 of SB3's, no seed below
-  the CI bar. Measured: fetchjax 0.80-1.00 (mean 0.96), SB3 0.95-1.00 (mean 0.99)."""
+  """The learning check over 16 vmapped fetchjax seeds beside 6 seeds of SB3 2.9.2's SAC + HerReplayBuffer with
+  the same settings (~9 min on 2 cores): fetchjax's mean last-40 success within 0.1 of SB3's, no seed below
+  the CI bar. Why 16 seeds: one seed's outcome moves with any bit of the physics or the float rounding, so a
+  new mujoco (or jax, or CPU) draws new seeds. Measured (2026-12-01, 2 cores), fetchjax over batches of seeds:
+  mujoco 3.11: 8 seeds mean 0.959, 16 seeds 0.955; mujoco 3.17: 8 seeds 0.866 (0.725-1.00, the batch that
+  failed with 8 seeds), 16 seeds 0.964 and 0.939; over all 40 seeds on 3.17 mean 0.934 (sd 0.077), on 3.11
+  0.956 over 24 (sd 0.048): no significant difference (Welch p 0.17); SB3 0.992 on both. Resampling the 40
+  seeds measured on 3.17, a batch falls below the bar (SB3 - 0.1 = 0.89) 6.9% of the time with 8 seeds, 1.8%
+  with 16. fetchjax sits ~0.04 below SB3 on both versions, with a heavier low tail (a gap to look into, not
+  hidden by this bar)."""
   sb3 = pytest.importorskip("stable_baselines3")
   from stable_baselines3.common.callbacks import BaseCallback
 
@@ -245,7 +252,7 @@ def test_sac_her_sparse_reach_across_seeds_vs_sb3():
 
   cfg = SAC.preset("book_her", **SAC_LEARN)
   init, run = sac.make_runner(cfg, reach1())
-  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates(1))))(jax.random.split(jax.random.PRNGKey(100), 8))
+  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates(1))))(jax.random.split(jax.random.PRNGKey(100), 16))
   ours = np.asarray(m["success_rate"])[:, -40:].mean(1)
 
   class Success(BaseCallback):
