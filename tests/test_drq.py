@@ -1,6 +1,8 @@
 """DrQ augmentation (fetchjax.agents.drq): the book's RandomShiftAug (replicate pad 4, integer crop offsets
 uniform in 0..8 per sample, one offset for all channels, dtype kept) and DrQDictReplayBuffer / HerDrQ semantics
-(obs and next_obs shifted independently, after HER, goals untouched)."""
+(obs and next_obs shifted independently, after HER, goals untouched); wired into the off-policy loop behind
+`drq` / `frame_stack` (a SAC+HER run of the book's ch9 learner on a small pixel env samples stacks, augments
+them and trains)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +13,8 @@ import fetchjax  # noqa: F401  (XLA flags before JAX initialises)
 import jax
 import jax.numpy as jnp
 
-from fetchjax.agents import drq, her
+import fetchjax.envs as envs
+from fetchjax.agents import drq, her, offpolicy, sac, td3
 
 PAD = 4
 shift = jax.jit(drq.random_shift, static_argnames="pad")
@@ -113,3 +116,86 @@ def test_augment_shifts_obs_and_next_obs_independently_and_nothing_else():
   z = drq.augment(b, jax.random.PRNGKey(7), pad=0)
   np.testing.assert_array_equal(np.asarray(z.obs["pixels"]), np.asarray(b.obs["pixels"]))
   np.testing.assert_array_equal(np.asarray(z.next_obs["pixels"]), np.asarray(b.next_obs["pixels"]))
+
+
+# --- config and the off-policy loop -------------------------------------------------------------------------
+def test_config_fields_are_validated():
+  assert sac.SACConfig().frame_stack == 1 and sac.SACConfig().drq is False
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match="frame_stack must be a positive integer"):
+      sac.SACConfig(frame_stack=bad)
+  with pytest.raises(ValueError, match="drq must be true or false"):
+    sac.SACConfig(drq=1)
+  assert td3.TD3Config(frame_stack=4, drq=True).frame_stack == 4
+  with pytest.raises(ValueError, match="frame_stack"):
+    td3.TD3Config(frame_stack=0)
+  with pytest.raises(ValueError, match="drq augments"):
+    offpolicy.network_spec(sac.SACConfig(drq=True), her.state_spec(10))
+  with pytest.raises(ValueError, match="cannot stack"):
+    offpolicy.network_spec(sac.SACConfig(frame_stack=4), her.state_spec(10))
+
+
+class PixelReach:
+  """FetchReach with a 6x6x3 uint8 frame per env and step (values from the step count and the gripper x), the
+  shape of a rendered-pixel env for the loop."""
+
+  def __init__(self, env):
+    self.env = env
+    self.num_envs, self.action_size, self.max_episode_steps = env.num_envs, env.action_size, env.max_episode_steps
+    self.compute_reward = env.compute_reward
+
+  @property
+  def observation_spec(self):
+    return {**self.env.observation_spec, "pixels": jax.ShapeDtypeStruct((6, 6, 3), jnp.uint8)}
+
+  def _with_pixels(self, obs, steps):
+    grid = jnp.arange(6 * 6 * 3).reshape(6, 6, 3)
+    v = steps[:, None, None, None] * 5 + (obs["observation"][:, :1, None, None] * 100).astype(jnp.int32) + grid
+    return {**obs, "pixels": (v % 256).astype(jnp.uint8)}
+
+  def reset(self, key):
+    s = self.env.reset(key)
+    obs = self._with_pixels(s.obs, s.info["steps"])
+    return s.replace(obs=obs, info={**s.info, "final_obs": obs})
+
+  def step(self, state, action):
+    s = self.env.step(state, action)
+    steps = s.info["steps"]
+    final = self._with_pixels(s.info["final_obs"], jnp.where(s.done > 0, self.max_episode_steps, steps))
+    return s.replace(obs=self._with_pixels(s.obs, steps), info={**s.info, "final_obs": final})
+
+
+def test_a_sac_her_run_on_drq_augmented_frame_stacks(monkeypatch):
+  """The book's ch9 learner (ManipulationExtractor owned by the critic; SAC + HER, frame_stack, DrQ) in the loop
+  on a small pixel env (6x6x3 frames here, 84x84x3 in the book: SpatialSoftmax makes the extractor size-free):
+  the buffer stores single frames, her.sample is asked for 3-frame stacks, drq.augment is applied to every
+  sample after HER, the networks are built for (and the policy acts on) 9 channels, and training moves the
+  critic's encoder."""
+  calls = {"augment": 0, "frame_stack": set()}
+  real_augment, real_sample = drq.augment, her.sample
+
+  def spy_augment(batch, key, *a, **kw):
+    calls["augment"] += 1
+    assert batch.obs["pixels"].shape[-1] == 9 and batch.next_obs["pixels"].shape[-1] == 9
+    return real_augment(batch, key, *a, **kw)
+
+  def spy_sample(*a, **kw):
+    calls["frame_stack"].add(kw.get("frame_stack"))
+    return real_sample(*a, **kw)
+
+  monkeypatch.setattr(drq, "augment", spy_augment)
+  monkeypatch.setattr(her, "sample", spy_sample)
+  env = PixelReach(envs.make("FetchReach-v4", num_envs=2, backend="cpu"))
+  cfg = sac.SACConfig(buffer_size=400, batch_size=16, hidden_sizes=(8,), learning_starts=60, her=True,
+                      encoder="manipulation", encoder_routing="critic", frame_stack=3, drq=True)
+  init, run = sac.make_runner(cfg, env)
+  r0 = init(jax.random.PRNGKey(0))
+  r, m = jax.jit(run, static_argnums=1)(r0, 2)
+  assert calls["augment"] == 1 and calls["frame_stack"] == {3}          # traced once, inside the scan
+  assert r.buffer.obs["pixels"].shape == (8, 51, 6, 6, 3)               # single frames
+  # gradient steps at vectorised steps 50..100: num_timesteps > 60 and the first episode complete (step 50)
+  assert int(m["n_updates"][-1]) == 51 and np.isfinite(float(m["critic_loss"][-1]))
+  enc0, enc = (x.train_state.critic_params["params"]["encoder"] for x in (r0, r))
+  assert enc["cnn"]["conv_0"]["kernel"].shape[2] == 9                   # the networks read 3-frame stacks
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(enc0),
+                                                                              jax.tree.leaves(enc)))
