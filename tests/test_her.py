@@ -324,3 +324,120 @@ def test_real_env_rollout():
   s = jax.jit(lambda b, k: her.sample(b, k, 256, env.compute_reward))(b, jax.random.PRNGKey(1))
   np.testing.assert_array_equal(np.asarray(s.reward),
                                 np.asarray(env.compute_reward(s.next_obs["achieved_goal"], s.obs["desired_goal"])))
+
+
+# --- frame stacks rebuilt at sample time ---------------------------------------------------------------------
+TS, NS, K = 6, 2, 4  # a short episode length, 2 envs, the book's 4-frame stack
+
+
+def frame_obs(e, t):
+  """Observation of episode e (global id) at step t: a 2x2 uint8 frame (e, t, 255 - t) per pixel, goals and
+  proprioception that carry (e, t) too."""
+  e = jnp.asarray(e)
+  t = jnp.broadcast_to(jnp.asarray(t), e.shape)
+  px = jnp.stack([e, t, 255 - t], -1).astype(jnp.uint8)
+  z = jnp.zeros(e.shape, jnp.float32)
+  ef, tf = e.astype(jnp.float32), t.astype(jnp.float32)
+  return {"pixels": jnp.broadcast_to(px[:, None, None, :], (*e.shape, 2, 2, 3)),
+          "proprioception": jnp.stack([ef, tf] + [z] * 8, -1), "achieved_goal": jnp.stack([ef, tf, z], -1),
+          "desired_goal": jnp.stack([ef, z - 100, z], -1)}
+
+
+@functools.lru_cache(maxsize=None)
+def frame_buffer(blocks=3, steps=4 * TS + 2):
+  """A ring of `blocks` blocks of NS episodes after `steps` env steps (it wraps after 3 blocks), and the
+  `acting_obs(k=K)` seen before every step (with the expected episode id and t)."""
+  buf = her.create(blocks * NS * TS, NS, her.spec_of(frame_obs(jnp.arange(NS), 0)), T=TS)
+  buf = her.start(buf, frame_obs(jnp.arange(NS), 0))
+  acting = jax.jit(lambda b: her.acting_obs(b, K))
+  add = jax.jit(her.add)
+  seen = []
+  for s in range(steps):
+    blk, t = s // TS, s % TS
+    e = blk * NS + jnp.arange(NS)
+    seen.append((np.asarray(e), t, np.asarray(acting(buf)["pixels"])))
+    final = frame_obs(e, t + 1)
+    nxt = frame_obs(e + NS, 0) if t + 1 == TS else final
+    state = State(pipeline_state=None, obs=nxt, reward=jnp.zeros(NS), done=jnp.zeros(NS), info={"final_obs": final})
+    buf = add(buf, jnp.zeros((NS, 4)), state)
+  return buf, seen
+
+
+def expected_stack(e, t, k=K):
+  """[..., 1, 1, 3k] the k-frame stack (oldest first) of episode e at step t: times max(t - k + 1 + j, 0)."""
+  times = np.maximum(np.asarray(t)[..., None] + np.arange(1 - k, 1), 0)
+  e = np.broadcast_to(np.asarray(e)[..., None], times.shape)
+  return np.stack([e, times, 255 - times], -1).reshape(*times.shape[:-1], 1, 1, 3 * k).astype(np.uint8)
+
+
+def test_frame_stacks_are_rebuilt_from_single_frames():
+  """The buffer holds T+1 single 3-channel frames per episode; sample(frame_stack=4) returns obs = frames
+  t-3..t and next_obs = frames t-2..t+1 of the same episode on the channel axis, oldest first, times < 0 as copies
+  of o_0 (the book's wrapper fills its deque with the reset frame); next_obs at t = T-1 ends at o_T."""
+  buf, _ = frame_buffer()
+  assert buf.obs["pixels"].shape == (3 * NS, TS + 1, 2, 2, 3)          # memory: single frames, not stacks
+  assert her.stacked_spec(her.spec_of(frame_obs(jnp.arange(NS), 0)), K)["pixels"].shape == (2, 2, 12)
+  key = jax.random.PRNGKey(0)
+  b = sampler(512, frame_stack=K)(buf, key)
+  ep, t = (np.asarray(b.obs["achieved_goal"][:, i]).astype(int) for i in (0, 1))
+  assert set(t) == set(range(TS)) and set(ep) == set(range(2 * NS, 4 * NS))   # every t; the ring has wrapped
+  for side, tt in ((b.obs, t), (b.next_obs, t + 1)):
+    px = np.asarray(side["pixels"])
+    assert px.dtype == np.uint8 and px.shape == (512, 2, 2, 12)
+    np.testing.assert_array_equal(px, np.broadcast_to(expected_stack(ep, tt), px.shape))
+  first = np.asarray(b.obs["pixels"][t == 0, 0, 0])
+  np.testing.assert_array_equal(first.reshape(-1, K, 3)[:, :, 1], 0)       # t = 0: four copies of o_0
+  np.testing.assert_array_equal(np.asarray(b.obs["pixels"][t == 2, 0, 0, 1::3])[0], [0, 0, 1, 2])
+  np.testing.assert_array_equal(np.asarray(b.next_obs["pixels"][t == TS - 1, 0, 0, 1::3])[0],
+                                [TS - 3, TS - 2, TS - 1, TS])              # ... ends at o_T
+  # everything else is the frame_stack=1 sample (same key, same draws), whose frame is the stack's newest
+  one = sampler(512)(buf, key)
+  np.testing.assert_array_equal(np.asarray(one.obs["pixels"]), np.asarray(b.obs["pixels"][..., -3:]))
+  np.testing.assert_array_equal(np.asarray(one.next_obs["pixels"]), np.asarray(b.next_obs["pixels"][..., -3:]))
+
+  def rest(x):
+    return [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(x) if "pixels" not in str(p)]
+
+  for a, c in zip(rest(one), rest(b)):
+    np.testing.assert_array_equal(a, c)
+  assert b.obs["proprioception"].shape == (512, 10)                          # only stack_keys are stacked
+
+
+def test_frame_stack_one_is_plain_indexing_and_bad_stacks_raise():
+  buf, _ = frame_buffer()
+  key = jax.random.PRNGKey(1)
+  a, b = sampler(64)(buf, key), sampler(64, frame_stack=1)(buf, key)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert a.obs["pixels"].shape == (64, 2, 2, 3)
+  with pytest.raises(ValueError, match="frame_stack must be a positive integer"):
+    her.sample(buf, key, 8, reward_fn, frame_stack=0)
+  with pytest.raises(ValueError, match="cannot stack"):
+    her.sample(buf, key, 8, reward_fn, frame_stack=2, stack_keys=("rgb",))
+  with pytest.raises(ValueError, match="cannot stack"):
+    her.stacked_spec(her.state_spec(4), 2, ("achieved_goal",))
+
+
+def test_acting_obs_stacks_the_episodes_in_progress():
+  """What the policy acts on before each step: frames t-3..t of the current episodes (first-frame copies at
+  t < 3, o_0 from last_obs at t = 0 while the slots still hold the overwritten episodes), also after the wrap."""
+  _, seen = frame_buffer()
+  assert {t for _, t, _ in seen} == set(range(TS))
+  for e, t, px in seen:
+    assert px.shape == (NS, 2, 2, 12)
+    np.testing.assert_array_equal(px, np.broadcast_to(expected_stack(e, np.full(NS, t)), px.shape))
+
+
+def test_frame_stacks_vmap_over_seeds():
+  buf, _ = frame_buffer()
+  bufs = jax.tree.map(lambda x: jnp.stack([x, x]), buf)
+  keys = jax.random.split(jax.random.PRNGKey(2), 2)
+  fn = sampler(32, frame_stack=K)
+  vs = jax.jit(jax.vmap(fn))(bufs, keys)
+  acting = jax.jit(jax.vmap(lambda b: her.acting_obs(b, K)))(bufs)
+  for i in range(2):
+    single = fn(buf, keys[i])
+    for a, c in zip(jax.tree.leaves(single), jax.tree.leaves(jax.tree.map(lambda x: x[i], vs))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    want = expected_stack(4 * NS + np.arange(NS), np.full(NS, 2))                   # before step 4 T + 2
+    np.testing.assert_array_equal(np.asarray(acting["pixels"][i]), np.broadcast_to(want, (NS, 2, 2, 12)))

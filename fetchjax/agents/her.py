@@ -57,6 +57,25 @@ Sampling (`sample`), line by line as SB3 2.x `HerReplayBuffer.sample`:
     terminal flags at all: it is for fixed-length, truncation-only episodes.
   - `her=False`: all samples real (plain uniform replay, SAC without HER).
 
+Frame stacks (`frame_stack=k`, `stack_keys`, book ch9's 4-frame `PixelObservationWrapper`). The buffer stores ONE
+frame per time index (e.g. `pixels` [C, T+1, 84, 84, 3]); `sample` rebuilds the stack of o_t from o_{t-k+1}..o_t
+on the last (channel) axis, oldest first, indexes below 0 clipped to 0: copies of the episode's first frame, as
+the wrapper fills its deque with the reset frame. next_obs is the stack of o_{t+1}, so both are rebuilt from the
+same T+1 frames. `stacked_spec` is the spec the networks see; `acting_obs` the stacked observation of the
+episodes in progress (what the policy acts on). frame_stack=1 is plain indexing (no stacking code runs).
+
+Memory, book ch9 (84x84x3 uint8 frames, T = 50, frame stack 4, proprioception 10 and goals 3+3 float32, action
+4 float32): per episode (T+1) x 21,168 B of frames + 51 x (40 + 12) B of proprioception and achieved goal + 12 B
+desired goal + 50 x (16 + 4) B of action and reward = 1,083,232 B, i.e. 21,665 B per transition (21,591 of
+them pixels). SB3's DictReplayBuffer (the book's runs) stores the 12-channel stack twice per transition:
+169,344 B of pixels (+ ~300 B of float64 vectors, actions, flags): 7.8x more. Largest buffers per seed (whole
+runner state resident once, i.e. the runner donated to the jitted `run`; without donation its input and output
+both live and the numbers halve; GB = 1e9 B): 141 GB of GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION raised from
+JAX's default .75 to ~.95) less ~10 GB for XLA workspace, networks, optimiser states, sample batches and env
+state -> ~6.0M transitions (the book's 500K = 10.8 GB: ~12 seeds of 500K vmapped on one H200); 24 GB of host
+memory less ~4 GB for the process (Python, XLA, MuJoCo, the renderer) -> ~920K transitions (SB3/book: ~118K;
+its 500K needs 85 GB).
+
 Contract where SB3 raises ("Unable to sample before the end of the first episode"): `sample` on a buffer with
 no complete episode does not crash under jit; it returns a well-formed batch of finite filler (the zero /
 partially written slot C-1). Callers must only train when `can_sample(buf)`: with SB3's rule that gradient
@@ -232,17 +251,65 @@ def num_virtual(batch_size: int, n_sampled_goal: int = 4, her: bool = True) -> i
   return int(her_ratio(n_sampled_goal) * batch_size) if her else 0
 
 
+def _check_stack(frame_stack: int, stack_keys, keys) -> tuple[str, ...]:
+  """The keys to stack (none when frame_stack == 1); ValueError for a bad k or a key the buffer lacks."""
+  if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
+    raise ValueError(f"frame_stack must be a positive integer, got {frame_stack!r}")
+  stack_keys = (stack_keys,) if isinstance(stack_keys, str) else tuple(stack_keys)
+  if frame_stack == 1:
+    return ()
+  bad = [k for k in stack_keys if k not in keys or k in GOAL_KEYS]
+  if bad:
+    raise ValueError(f"cannot stack {bad}: stack_keys must be non-goal observation keys of {sorted(keys)}")
+  return stack_keys
+
+
+def stack_frames(frames: jax.Array, ep: jax.Array, t: jax.Array, k: int) -> jax.Array:
+  """The k-frame stacks of o_t: frames [C, T+1, ..., c] (one frame per time index), ep, t [B] -> [B, ..., k*c],
+  frames t-k+1..t on the last axis, oldest first, times below 0 clipped to 0 (copies of the first frame)."""
+  idx = jnp.maximum(t[:, None] + jnp.arange(1 - k, 1), 0)         # [B, k]
+  g = jnp.moveaxis(frames[ep[:, None], idx], 1, -2)                  # [B, ..., k, c]
+  return g.reshape(*g.shape[:-2], k * g.shape[-1])
+
+
+def stacked_spec(obs_spec: dict, frame_stack: int = 1, stack_keys=("pixels",)) -> dict:
+  """The observation spec the networks see: `stack_keys` with frame_stack times the channels of one frame."""
+  keys = _check_stack(frame_stack, stack_keys, obs_spec)
+  return {k: jax.ShapeDtypeStruct((*v.shape[:-1], frame_stack * v.shape[-1]), v.dtype) if k in keys else v
+          for k, v in obs_spec.items()}
+
+
+def acting_obs(buf: EpisodeBuffer, frame_stack: int = 1, stack_keys=("pixels",)) -> dict:
+  """`last_obs` (o_t of the episodes in progress, [num_envs, ...]) with `stack_keys` stacked as `sample` stacks
+  them: o_{t-k+1}..o_{t-1} read from the episodes' ring slots (written by `add`), o_t itself from `last_obs`
+  (at t = 0 the slots still hold the overwritten episode, so every frame is o_0). What the policy acts on."""
+  keys = _check_stack(frame_stack, stack_keys, buf.last_obs)
+  out = dict(buf.last_obs)
+  n, t = buf.num_envs, buf.t
+  times = jnp.maximum(t + jnp.arange(1 - frame_stack, 1), 0)          # [k]
+  for key in keys:
+    slots = jax.lax.dynamic_slice_in_dim(buf.obs[key], buf.pos, n, axis=0)   # [n, T+1, ..., c]
+    g = jnp.where((times == t).reshape(1, -1, *(1,) * (slots.ndim - 2)), buf.last_obs[key][:, None],
+                  slots[:, times])                                    # [n, k, ..., c]
+    g = jnp.moveaxis(g, 1, -2)
+    out[key] = g.reshape(*g.shape[:-2], frame_stack * g.shape[-1])
+  return out
+
+
 def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: Callable,
            n_sampled_goal: int = 4, strategy: str = "future", her: bool = True,
-           future_inclusive: bool = True) -> Batch:
+           future_inclusive: bool = True, frame_stack: int = 1, stack_keys=("pixels",)) -> Batch:
   """A batch of B transitions, rows [0, B - n_virtual) real and [B - n_virtual, B) relabelled (module
-  docstring). `batch_size`, `n_sampled_goal`, `strategy`, `her`, `future_inclusive` and `compute_reward` (the
-  env's pure, batched `compute_reward(achieved, desired, info)`) are static: close over them before jit.
-  `future_inclusive=False` is the book lab's convention (t' > t: ag_{t+2}..ag_T, ag_T at the last step)."""
+  docstring). `batch_size`, `n_sampled_goal`, `strategy`, `her`, `future_inclusive`, `frame_stack`,
+  `stack_keys` and `compute_reward` (the env's pure, batched `compute_reward(achieved, desired, info)`) are
+  static: close over them before jit. `future_inclusive=False` is the book lab's convention (t' > t:
+  ag_{t+2}..ag_T, ag_T at the last step). `frame_stack` k > 1: obs[key] / next_obs[key] of every `stack_keys`
+  key are the k-frame stacks of o_t / o_{t+1} (module docstring, "Frame stacks")."""
   if strategy not in STRATEGIES:
     raise ValueError(f"unknown goal selection strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  stack = _check_stack(frame_stack, stack_keys, buf.obs)
   c, T = buf.capacity_episodes, buf.episode_length
   k_ep, k_t, k_goal = jax.random.split(key, 3)
   n_valid = num_sampleable(buf)
@@ -251,8 +318,11 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
   ep = (buf.pos - jnp.maximum(n_valid, 1) + offset) % c
   t = jax.random.randint(k_t, (batch_size,), 0, T)
 
-  obs = {**{k: v[ep, t] for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
-  next_obs = {**{k: v[ep, t + 1] for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
+  def at(k, v, t):
+    return stack_frames(v, ep, t, frame_stack) if k in stack else v[ep, t]
+
+  obs = {**{k: at(k, v, t) for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
+  next_obs = {**{k: at(k, v, t + 1) for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
   reward = buf.reward[ep, t]
 
   n_virtual = num_virtual(batch_size, n_sampled_goal, her)

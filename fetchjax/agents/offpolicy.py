@@ -26,6 +26,12 @@ Deliberate differences from SB3 (documented, small):
   `num_updates = ceil(total_timesteps / rollout_size)` (500k with 8 envs -> 1250 iterations, exactly 500k);
 - `ep_rew_mean` / `success_rate` are over the episodes that ended in the iteration (num_envs of them), not
   SB3's 100-episode window (same as fetchjax PPO).
+
+Pixels (book ch9), both off by default and then without effect on a single bit: `frame_stack` k > 1 stacks the
+k most recent frames of the env's single-frame `pixels` on the channel axis (the buffer keeps one frame per time
+index; `her.sample` rebuilds the stacks of obs and next_obs, `her.acting_obs` the one the policy acts on, and
+the networks are built on `network_spec`); `drq` shifts the sampled obs and next_obs pixels after HER relabelling
+(`drq.augment`, independent shifts, goals untouched).
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import encoders
-from fetchjax.agents import configs, her, nets
+from fetchjax.agents import configs, drq, her, nets
 
 EPISODE_STEPS = 50                      # every Fetch v4 task
 
@@ -69,7 +75,8 @@ class EpisodeIterations:
 def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
   """Validation shared by the off-policy configs (SACConfig, TD3Config), raising ValueError; `positive`: the
   algorithm's own fields that must be positive integers."""
-  configs.check_ints(config, positive=("total_timesteps", "buffer_size", "batch_size", "train_freq", *positive),
+  configs.check_ints(config, positive=("total_timesteps", "buffer_size", "batch_size", "train_freq", "frame_stack",
+                                       *positive),
                      non_negative=("learning_starts", "gradient_steps", "n_sampled_goal"))
   if config.goal_selection_strategy not in ("future", "final", "episode"):
     raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
@@ -78,6 +85,20 @@ def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
   if config.encoder not in encoders.ENCODERS:
     raise ValueError(f"unknown encoder {config.encoder!r}; available: {', '.join(encoders.ENCODERS)}")
   nets.check_routing(config.encoder_routing)
+  if not isinstance(config.drq, bool):
+    raise ValueError(f"drq must be true or false, got {config.drq!r}")
+
+
+STACK_KEYS = (drq.IMAGE_KEY,)           # what frame_stack stacks: the pixels, as the book's wrapper
+
+
+def network_spec(config, obs_spec: dict) -> dict:
+  """The observation spec the networks of `config` read, from the env's `obs_spec`: its single-frame `pixels`
+  with `frame_stack` times the channels (ValueError when frame_stack > 1 or drq is asked of an env without
+  pixels)."""
+  if config.drq and drq.IMAGE_KEY not in obs_spec:
+    raise ValueError(f"drq augments obs[{drq.IMAGE_KEY!r}]; this env's observation has {sorted(obs_spec)}")
+  return her.stacked_spec(obs_spec, config.frame_stack, STACK_KEYS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,6 +189,7 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   """
   c = config
   c.check_env(env.num_envs)
+  network_spec(c, env.observation_spec)  # frame_stack / drq need the env's pixels
   num_envs = env.num_envs
   act_size = env.action_size
   steps = env.max_episode_steps
@@ -188,8 +210,13 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     def one(ts, xs):
       k, i = xs
       k_sample, k_update = jax.random.split(k)
+      if c.drq:  # its own key, split off only here: with drq off the key stream is the one it always was
+        k_sample, k_aug = jax.random.split(k_sample)
       sample = her.sample(buf, k_sample, c.batch_size, env.compute_reward, n_sampled_goal=c.n_sampled_goal,
-                          strategy=c.goal_selection_strategy, her=c.her)
+                          strategy=c.goal_selection_strategy, her=c.her, frame_stack=c.frame_stack,
+                          stack_keys=STACK_KEYS)
+      if c.drq:
+        sample = drq.augment(sample, k_aug)
       return learner.update(ts, _batch_from(sample), k_update, i)
 
     ts, info = jax.lax.scan(one, ts, (jax.random.split(key, c.gradient_steps), jnp.arange(c.gradient_steps)))
@@ -207,7 +234,8 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
     shape = (num_envs, act_size)
     warm = ts.num_timesteps < c.learning_starts
-    policy_action = learner.explore(ts, env_state.obs, k_pol)
+    obs = env_state.obs if c.frame_stack == 1 else her.acting_obs(buf, c.frame_stack, STACK_KEYS)
+    policy_action = learner.explore(ts, obs, k_pol)
     action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
     if action_noise_sigma > 0:
       action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
@@ -300,6 +328,6 @@ def acting_input(config, critic, policy: dict, obs: dict):
   return nets.actor_input(critic, config.encoder_routing)(policy.get("critic_encoder", {"params": {}}), obs)
 
 
-__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "Batch", "polyak", "critic_step", "Learner",
-           "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants", "policy_of",
-           "acting_input", "obs_zeros", "drop_buffer", "fresh_buffer"]
+__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "network_spec", "STACK_KEYS", "Batch", "polyak",
+           "critic_step", "Learner", "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants",
+           "policy_of", "acting_input", "obs_zeros", "drop_buffer", "fresh_buffer"]

@@ -38,7 +38,8 @@ from fetchjax.agents import nets
 from fetchjax.agents.configs import parse_ent_coef
 from fetchjax.agents.nets import MLP, DoubleCritic, TorchDense, gaussian_log_prob
 from fetchjax.agents.offpolicy import (Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
-                                       critic_step, make_offpolicy_runner, obs_zeros, polyak, whole_run)
+                                       critic_step, make_offpolicy_runner, network_spec, obs_zeros, polyak,
+                                       whole_run)
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0   # SB3 sac/policies.py
 SQUASH_EPS = 1e-6                       # SB3 SquashedDiagGaussianDistribution epsilon
@@ -72,6 +73,8 @@ class SACConfig(EpisodeIterations):
   adam_eps: float = 1e-8              # torch.optim.Adam default
   encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
+  frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
+  drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
 
   def __post_init__(self):
     check_offpolicy(self, positive=("target_update_interval",))
@@ -294,7 +297,7 @@ def make_runner(config: SACConfig, env):
   target_q_mean, reward_mean (sampled, after relabelling); n_updates (cumulative gradient steps), train_calls.
   """
   c = config
-  return make_offpolicy_runner(c, env, make_learner(c, env.observation_spec, env.action_size))
+  return make_offpolicy_runner(c, env, make_learner(c, network_spec(c, env.observation_spec), env.action_size))
 
 
 def make_train(config: SACConfig, env):

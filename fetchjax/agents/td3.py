@@ -31,7 +31,8 @@ from fetchjax.envs.config import EnvConfig
 from fetchjax.agents import nets
 from fetchjax.agents.nets import MLP, DoubleCritic
 from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
-                                       critic_step, make_offpolicy_runner, obs_zeros, polyak, whole_run)
+                                       critic_step, make_offpolicy_runner, network_spec, obs_zeros, polyak,
+                                       whole_run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,8 @@ class TD3Config(EpisodeIterations):
   adam_eps: float = 1e-8
   encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
+  frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
+  drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
 
   def __post_init__(self):
     check_offpolicy(self, positive=("policy_delay",))
@@ -181,7 +184,8 @@ def make_runner(config: TD3Config, env):
   """`(init, run)` as `sac.make_runner` (same RunnerState layout and metrics, minus the entropy ones; actor_loss
   is averaged over the delayed actor updates only)."""
   c = config
-  return make_offpolicy_runner(c, env, make_learner(c, env.observation_spec, env.action_size), c.action_noise_sigma)
+  learner = make_learner(c, network_spec(c, env.observation_spec), env.action_size)
+  return make_offpolicy_runner(c, env, learner, c.action_noise_sigma)
 
 
 def make_train(config: TD3Config, env):
