@@ -3,7 +3,8 @@
     ppo.py, sac.py, td3.py   an algorithm each: its config and presets, networks, losses and update; none
                              imports another
     offpolicy.py             the replay/update loop SAC and TD3 share (warm-up, HER buffer, train_freq, ...)
-    her.py                   the episode replay buffer with SB3's HER sampling
+    her.py                   the episode replay buffer with SB3's HER sampling (and frame stacks for pixels)
+    drq.py                   DrQ's random-shift augmentation of sampled pixels (book ch9)
     nets.py                  networks and initialisers several algorithms use, where an encoder lives
                              (ROUTINGS), the diagonal Gaussian
     configs.py               what every config shares: presets with checked overrides, meta.json round trip
