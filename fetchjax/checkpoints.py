@@ -4,6 +4,7 @@ never deleted before a newer one is complete.
     checkpoints/
       <step>/                 complete: renamed into place only once everything below is written and fsynced
         state/                the pytree (orbax StandardCheckpointHandler); zero-size leaves are not stored
+        policy/               optional: a small pytree read on its own (what acting needs: load_policy, eval)
         <name>                extra files (the train CLI stores the metrics history that matches the state)
         manifest.json         size + sha256 of every file above, the zero-size leaves, the step
       .partial-<step>-<pid>/  a save in progress (removed by the next save: the process that wrote it is gone)
@@ -39,6 +40,7 @@ import numpy as np
 FORMAT = "fetchjax.checkpoint/1"
 MANIFEST = "manifest.json"
 STATE = "state"
+POLICY = "policy"
 _LEGACY_STATE = "default"  # orbax CheckpointManager's item directory (fetchjax 0.1 checkpoints)
 _PARTIAL = ".partial-"
 
@@ -174,8 +176,9 @@ class CheckpointStore:
   def path(self, step: int) -> Path:
     return self.dir / str(int(step))
 
-  def check(self, step: int) -> str | None:
-    """None if checkpoint `step` is intact; otherwise why not, in a few words."""
+  def check(self, step: int, item: str | None = None) -> str | None:
+    """None if checkpoint `step` is intact (only its `item` directory, e.g. POLICY, when given: a reader of the
+    small policy item must not hash a replay buffer of many GB); otherwise why not, in a few words."""
     root = self.path(step)
     mpath = root / MANIFEST
     if not mpath.is_file():
@@ -190,6 +193,8 @@ class CheckpointStore:
     except (OSError, ValueError, KeyError, TypeError) as e:
       return f"{MANIFEST} is unreadable ({first_line(e)})"
     for rel, want in files.items():
+      if item is not None and not rel.startswith(item + "/"):
+        continue
       f = root / rel
       try:
         size = f.stat().st_size
@@ -205,8 +210,9 @@ class CheckpointStore:
     return not (self.path(step) / MANIFEST).is_file()
 
   # --- writing -------------------------------------------------------------------------------------------
-  def save(self, step: int, state: Any, files: dict[str, bytes] | None = None) -> Path:
-    """Writes checkpoint `step` (atomically: all or nothing) and then drops checkpoints beyond `keep`.
+  def save(self, step: int, state: Any, files: dict[str, bytes] | None = None, policy: Any = None) -> Path:
+    """Writes checkpoint `step` (atomically: all or nothing) and then drops checkpoints beyond `keep`. `policy`:
+    a small pytree stored beside the state, so that readers of the policy alone skip the (large) state.
 
     A complete, intact checkpoint at `step` is left as it is (the same step of the same run holds the same
     state: e.g. Ctrl-C right after a chunk was checkpointed); one that is not intact is set aside first."""
@@ -222,7 +228,7 @@ class CheckpointStore:
     self.dir.mkdir(parents=True, exist_ok=True)
     for stale in self.dir.glob(_PARTIAL + "*"):  # left by a process that died mid-save
       shutil.rmtree(stale, ignore_errors=True)
-    need = _nbytes(state) + sum(len(b) for b in (files or {}).values())
+    need = _nbytes(state) + _nbytes(policy) + sum(len(b) for b in (files or {}).values())
     if need > shutil.disk_usage(self.dir).free:  # fail before writing anything (orbax fails noisily)
       raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a checkpoint needs {need:,} bytes)", str(self.dir))
     tmp = self.dir / f"{_PARTIAL}{step}-{os.getpid()}"
@@ -234,6 +240,8 @@ class CheckpointStore:
         ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
         try:
           ckptr.save(tmp / STATE, args=ocp.args.StandardSave(_without_empty(state)))
+          if policy is not None:
+            ckptr.save(tmp / POLICY, args=ocp.args.StandardSave(_without_empty(policy)))
         finally:
           ckptr.close()
       for name, data in (files or {}).items():
@@ -283,27 +291,28 @@ class CheckpointStore:
             for s in self.steps() if s > step]
 
   # --- reading -------------------------------------------------------------------------------------------
-  def restore(self, target: Any = None, step: int | None = None, writable: bool = False
+  def restore(self, target: Any = None, step: int | None = None, writable: bool = False, policy_only: bool = False
               ) -> tuple[int, Any, dict[str, bytes]]:
     """(step, state, extra files) of checkpoint `step`, or of the newest intact one.
 
     `target`: a pytree of arrays or ShapeDtypeStructs with the saved structure (None: nested dicts of numpy
     arrays, zero-size leaves left out). Without `step`, a checkpoint that is not intact is skipped with one
-    line, and set aside if `writable`. With `step`, it is an error."""
+    line, and set aside if `writable`. With `step`, it is an error. `policy_only`: the policy item instead of
+    the state (None when the checkpoint has none)."""
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.dir}")
     if step is not None:
       if int(step) not in steps:
         raise CheckpointError(f"no checkpoint at step {step}; available: {', '.join(map(str, steps))}")
-      problem = self.check(step)
+      problem = self.check(step, POLICY if policy_only else None)
       if problem:
         raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}")
       candidates = [int(step)]
     else:
       candidates = []
       for s in reversed(steps):
-        problem = self.check(s)
+        problem = self.check(s, POLICY if policy_only else None)
         if problem is None:
           candidates.append(s)
           continue
@@ -315,15 +324,21 @@ class CheckpointStore:
     s = candidates[0]
     if self._is_legacy(s):
       self.warn(f"checkpoint {self.path(s)} predates integrity manifests: loaded unverified")
+    if policy_only:
+      return s, (self._load(s, target, POLICY) if self.has_policy(s) else None), {}
     return s, self._load(s, target), self._extras(s)
 
-  def _load(self, step: int, target: Any):
+  def has_policy(self, step: int) -> bool:
+    """Whether checkpoint `step` stores the policy item (checkpoints of fetchjax before 0.3 do not)."""
+    return not self._is_legacy(step) and (self.path(step) / POLICY).is_dir()
+
+  def _load(self, step: int, target: Any, item_name: str = STATE):
     import orbax.checkpoint as ocp
 
     root = self.path(step)
     legacy = self._is_legacy(step)
     ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-    item = root / (_LEGACY_STATE if legacy else STATE)
+    item = root / (_LEGACY_STATE if legacy else item_name)
     try:
       with quiet_orbax():
         if target is None:

@@ -353,10 +353,10 @@ def check_ppo(history: dict, steps, config=None, env_id: str | None = None) -> l
 
   history[name]: [n_seeds, n_updates] (or [n_updates] for one seed), names as `ppo.make_runner` logs them;
   steps: [n_updates] env steps per seed after each update (ascending); config: the run's `PPOConfig` (its
-  total_timesteps, learning_rate, n_epochs, clip_range, ent_coef, log_std_init, env_id; defaults if absent).
+  total_timesteps, learning_rate, n_epochs, clip_range, ent_coef, log_std_init; defaults if absent).
   Returns the first firing of each rule for each seed, ordered by seed, then rule.
   """
-  c = dict(env_id=env_id or getattr(config, "env_id", ""),
+  c = dict(env_id=env_id or "",
            total=getattr(config, "total_timesteps", None) or int(np.max(steps, initial=0)),
            lr=getattr(config, "learning_rate", 3e-4), n_epochs=getattr(config, "n_epochs", 10),
            clip_range=getattr(config, "clip_range", 0.2), ent_coef=getattr(config, "ent_coef", 0.0),
@@ -487,7 +487,7 @@ def _offpolicy_context(config, env_id, steps) -> dict:
   from fetchjax.agents.configs import parse_ent_coef  # ent_coef "auto" / "auto_0.1" / 0.05
 
   auto, alpha = parse_ent_coef(getattr(config, "ent_coef", 0.0))
-  return dict(env_id=env_id or getattr(config, "env_id", ""),
+  return dict(env_id=env_id or "",
               total=getattr(config, "total_timesteps", None) or int(np.max(steps, initial=0)),
               gamma=getattr(config, "gamma", 0.99), learning_starts=getattr(config, "learning_starts", 0),
               her=getattr(config, "her", False), auto=auto, alpha=alpha)

@@ -156,7 +156,7 @@ def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, determinist
                  backend: str | None = None, step: int | None = None) -> dict:
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
   report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
-                       deterministic, backend or getattr(config, "backend", "auto"))
+                       deterministic, backend or meta.get("backend", "auto"))
   return with_run_info(report, run_dir, ckpt_step, meta)
 
 

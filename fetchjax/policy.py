@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from fetchjax import agents, runs
-from fetchjax.agents.observations import OBS_KEYS
+from fetchjax.encoders import OBS_KEYS
 
 
 def load_run(run_dir, step: int | None = None):
@@ -18,11 +18,13 @@ def load_run(run_dir, step: int | None = None):
     config = algo.config_from_dict(meta["config"])
   except (KeyError, TypeError, ValueError) as e:
     raise runs.RunError(f"{rd.meta_path} has no usable config ({e})") from None
-  ckpt_step, raw = rd.restore_raw(step)
-  try:
-    policies = algo.policy_of(raw["runner"])
-  except (KeyError, TypeError) as e:
-    raise runs.RunError(f"checkpoint {ckpt_step} of {rd.path} lacks the policy ({e})") from None
+  ckpt_step, policies = rd.restore_policy(step)  # the small policy item, not the (replay-buffer sized) state
+  if policies is None:  # a checkpoint written before the policy item existed
+    ckpt_step, raw = rd.restore_raw(ckpt_step)
+    try:
+      policies = algo.policy_of(config, raw["runner"])
+    except (KeyError, TypeError) as e:
+      raise runs.RunError(f"checkpoint {ckpt_step} of {rd.path} lacks the policy ({e})") from None
   return meta, algo, config, policies, ckpt_step
 
 

@@ -260,21 +260,20 @@ def train_config(algo: str, backend: str, n: int, steps: int):
     preset = default_preset("ppo", env_id)
     base = agent.preset(preset)
     batch = _largest_divisor_at_most(n * steps, base.batch_size)
-    cfg = agent.preset(preset, env_id=env_id, num_envs=n, n_steps=steps, batch_size=batch, backend=backend,
-                       total_timesteps=n * steps)
+    cfg = agent.preset(preset, n_steps=steps, batch_size=batch, total_timesteps=n * steps)
     return agent, cfg, preset, 1, steps
   agent = agents.get("sac")
   preset = default_preset("sac", env_id, her=True)
   base = agent.preset(preset)
   iters = max(1, round(steps / SAC_EPISODE))
-  cfg = agent.preset(preset, env_id=env_id, num_envs=n, her=True, learning_starts=0, backend=backend,
-                     buffer_size=max(base.buffer_size, 2 * SAC_EPISODE * n), total_timesteps=SAC_EPISODE * n * iters)
+  cfg = agent.preset(preset, her=True, learning_starts=0, buffer_size=max(base.buffer_size, 2 * SAC_EPISODE * n),
+                     total_timesteps=SAC_EPISODE * n * iters)
   return agent, cfg, preset, iters, SAC_EPISODE * iters
 
 
 def profile_train(algo: str, backend: str, n: int, steps: int, repeats: int, seed: int = 0) -> dict:
   agent, cfg, preset, iters, steps_per_env = train_config(algo, backend, n, steps)
-  env = envs.make(cfg.env_id, num_envs=n, backend=backend)
+  env = envs.make(TRAIN_ALGOS[algo], num_envs=n, backend=backend)
   init, run = agent.make_runner(cfg, env)
   runner = jax.jit(jax.vmap(init))(jax.random.PRNGKey(seed)[None])  # one seed, vmapped like the train CLI
 
@@ -288,10 +287,10 @@ def profile_train(algo: str, backend: str, n: int, steps: int, repeats: int, see
   env_s = per_call / env_only["env_steps_per_s"]
   metrics = {k: np.asarray(v) for k, v in r["aux"].items()}
   if algo == "ppo":
-    grad_steps = cfg.n_epochs * cfg.num_minibatches * iters
+    grad_steps = cfg.n_epochs * cfg.num_minibatches(n) * iters
   else:  # counted, not assumed: proves the timed call really trained
     grad_steps = int(metrics["train_calls"].sum()) * cfg.gradient_steps
-  return dict(algo=algo, env=cfg.env_id, backend=backend, preset=preset, num_envs=n, steps_per_env=steps_per_env,
+  return dict(algo=algo, env=env.env_id, backend=backend, preset=preset, num_envs=n, steps_per_env=steps_per_env,
               env_steps_per_call=per_call, gradient_steps_per_call=grad_steps, env_steps_per_s=rate,
               compile_s=r["compile_s"], memory=r["memory"], env_only_steps_per_s=env_only["env_steps_per_s"],
               env_only_compile_s=env_only["compile_s"], env_s_per_call=env_s,

@@ -202,12 +202,14 @@ class RunDir:
   def checkpoint_steps(self) -> list[int]:
     return self.checkpoints().steps()
 
-  def save_checkpoint(self, step: int, state: Any, steps: np.ndarray, history: dict[str, np.ndarray]) -> None:
-    """The full state and the metrics history up to it, in one atomic, checksummed checkpoint."""
+  def save_checkpoint(self, step: int, state: Any, steps: np.ndarray, history: dict[str, np.ndarray],
+                      policy: Any = None) -> None:
+    """The state, the metrics history up to it and (if given) the policy alone, in one atomic, checksummed
+    checkpoint."""
     buf = io.BytesIO()
     np.savez(buf, steps=steps, **history)
     try:
-      self.checkpoints().save(step, state, {METRICS: buf.getvalue()})
+      self.checkpoints().save(step, state, {METRICS: buf.getvalue()}, policy=policy)
     except OSError as e:
       raise RunError(f"could not write a checkpoint in {self.path / CKPT_DIR}: {checkpoints.io_cause(e)}") from None
     except Exception as e:  # orbax/tensorstore report I/O failures (a full disk) with their own types
@@ -231,10 +233,16 @@ class RunDir:
     s, state, _ = self._restore(None, step, False)
     return s, state
 
-  def _restore(self, target, step, writable):
+  def restore_policy(self, step: int | None = None) -> tuple[int, dict | None]:
+    """(step, the policy item as nested dicts of numpy arrays, or None if that checkpoint has none) of the newest
+    intact (or the given) checkpoint: reads only the small policy item, never the state."""
+    s, policy, _ = self._restore(None, step, False, policy_only=True)
+    return s, policy
+
+  def _restore(self, target, step, writable, policy_only=False):
     if not (self.path / CKPT_DIR).is_dir() or not self.checkpoint_steps():
       raise RunError(f"{self.path} has no checkpoint ({self.path / CKPT_DIR} is missing or empty)")
     try:
-      return self.checkpoints().restore(target, step, writable)
+      return self.checkpoints().restore(target, step, writable, policy_only=policy_only)
     except checkpoints.CheckpointError as e:
       raise RunError(str(e)) from None

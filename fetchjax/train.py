@@ -7,7 +7,8 @@
 The run directory (fetchjax/runs.py) gets meta.json, full-state orbax checkpoints, TensorBoard logs with SB3's
 metric names, metrics.npz, eval.json (100 deterministic episodes per seed on the book's eval tasks),
 learning_curve.png, an MP4 of evaluation episodes and diagnostics.json. `--set key=value` overrides any field of
-the algorithm's config (e.g. `--set learning_rate=1e-4 --set normalize_obs=true`).
+the algorithm's config (e.g. `--set learning_rate=1e-4 --set normalize_obs=true`); the env's settings (--env,
+--n-envs, --backend, --physics, --no-jdotv, --threads) form its own EnvConfig, recorded beside it.
 """
 from __future__ import annotations
 
@@ -199,7 +200,7 @@ class Plan:
   """What to train, from the flags or from a run being resumed."""
 
   algo: str
-  env_id: str
+  env: envs.EnvConfig
   seeds: list[int]
   config: object
   preset: str
@@ -207,6 +208,20 @@ class Plan:
   eval_episodes: int
   video_episodes: int
   pause_at: int | None = None
+  checkpoint_buffer: bool = True  # the replay buffer in checkpoints (exact resume) or not (smaller checkpoints)
+
+  @property
+  def env_id(self) -> str:
+    return self.env.env_id
+
+  @property
+  def per_update(self) -> int:
+    """Env transitions per seed per update (iteration)."""
+    return self.config.rollout_size(self.env.num_envs)
+
+  @property
+  def num_updates(self) -> int:
+    return self.config.num_updates(self.env.num_envs)
 
 
 def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
@@ -215,14 +230,17 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
     meta = rd.read_meta()
     algo = agents.get(meta["algo"])
     config = algo.config_from_dict(meta["config"])
+    env = agents.env_config_from_meta(meta)
+    if meta.get("backend") in envs.BACKENDS:  # the backend "auto" chose then: the checkpoints hold its state
+      env = dataclasses.replace(env, backend=meta["backend"])
     if a.total_steps is not None:
       if a.total_steps < meta["total_steps"]:
         raise ValueError(f"--total-steps {a.total_steps:,} is below the run's {meta['total_steps']:,}; "
                          "a resumed run can only be extended")
       config = dataclasses.replace(config, total_timesteps=a.total_steps)
-    plan = Plan(meta["algo"], meta["env_id"], meta["seeds"], config, meta.get("preset", "?"),
+    plan = Plan(meta["algo"], env, meta["seeds"], config, meta.get("preset", "?"),
                 a.checkpoint_every or meta.get("checkpoint_every", 0), a.eval_episodes, a.video_episodes,
-                a.pause_at)
+                a.pause_at, meta.get("checkpoint_buffer", True))
     return rd, plan, meta
   algo = agents.get(a.algo)
   if a.env not in envs.list_envs():
@@ -244,24 +262,27 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   if preset not in algo.presets:
     raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.presets))}")
   set_values = parse_overrides(a.set)
-  own_flags = {"env_id": "--env", "total_timesteps": "--total-steps", "num_envs": "--n-envs", "backend": "--backend"}
+  own_flags = {"env_id": "--env", "total_timesteps": "--total-steps", "num_envs": "--n-envs", "backend": "--backend",
+               "physics": "--physics", "jdotv": "--no-jdotv", "threads": "--threads"}
   for key, flag in own_flags.items():
     if key in set_values:
       raise ValueError(f"{key} has its own flag: use {flag} instead of --set {key}=...")
   overrides = {**given, **set_values}
   if "ent_coef" in overrides:
     overrides["ent_coef"] = _parse_value(str(overrides["ent_coef"]))
-  overrides["env_id"] = a.env
   if a.total_steps is not None:
     overrides["total_timesteps"] = a.total_steps
-  if a.n_envs is not None:
-    overrides["num_envs"] = a.n_envs
-  if a.backend is not None:
-    overrides["backend"] = a.backend
   config = algo.preset(preset, **overrides)
+  env_flags = {"num_envs": a.n_envs, "backend": a.backend, "physics": a.physics, "threads": a.threads,
+               "jdotv": False if a.no_jdotv else None}
+  env = algo.env_preset(preset, env_id=a.env, **{k: v for k, v in env_flags.items() if v is not None})
+  config.check_env(env.num_envs)
   run_dir = a.run_dir or f"runs/{a.algo}_{a.env}_{time.strftime('%Y%m%d-%H%M%S')}"
-  return runs.RunDir(run_dir), Plan(a.algo, a.env, seeds, config, preset, a.checkpoint_every or 0,
-                                    a.eval_episodes, a.video_episodes, a.pause_at), None
+  keep_buffer = a.checkpoint_buffer != "off"
+  if not keep_buffer and algo.drop_buffer is None:
+    raise ValueError(f"--checkpoint-buffer off: --algo {a.algo} has no replay buffer")
+  return runs.RunDir(run_dir), Plan(a.algo, env, seeds, config, preset, a.checkpoint_every or 0,
+                                    a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer), None
 
 
 @dataclasses.dataclass
@@ -283,7 +304,7 @@ class _Session:
     self.created = False       # this process made the run directory
     self.started = False       # it made or resumed the run (meta.json says "running")
     self.progress: _Progress | None = None
-    self.per_update = plan.config.rollout_size
+    self.per_update = plan.per_update
 
   def say(self, *x) -> None:
     if not self.quiet:
@@ -291,7 +312,10 @@ class _Session:
 
   def checkpoint(self) -> None:
     p = self.progress
-    self.rd.save_checkpoint(p.updates * self.per_update, {"runner": p.runner}, p.steps, p.history)
+    algo = agents.get(self.plan.algo)
+    runner = p.runner if self.plan.checkpoint_buffer else algo.drop_buffer(p.runner)
+    self.rd.save_checkpoint(p.updates * self.per_update, {"runner": runner}, p.steps, p.history,
+                            policy=algo.policy_of(self.plan.config, p.runner))
     self.rd.save_metrics(p.steps, p.history)
 
   def set_status(self, status: str) -> None:
@@ -363,19 +387,20 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   rd, plan, say = session.rd, session.plan, session.say
   algo = agents.get(plan.algo)
   cfg = plan.config
-  n_seeds, per_update = len(plan.seeds), cfg.rollout_size
-  num_updates = cfg.num_updates
+  n_seeds, per_update = len(plan.seeds), plan.per_update
+  num_updates = plan.num_updates
   ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
 
-  init, run = algo.make_runner(cfg)
+  init, run = algo.make_runner(cfg, plan.env.make())
   keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in plan.seeds])
   v_init = jax.jit(jax.vmap(init))
   resumed_from = None
   if meta is None:  # fresh run
-    backend = envs.default_backend() if cfg.backend == "auto" else cfg.backend
+    backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
-                n_envs=cfg.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
-                checkpoint_every=ckpt_every, backend=backend,
+                n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
+                env_config=dataclasses.asdict(plan.env),
+                checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
                 physics=PHYSICS_DESCRIPTION.get(backend, backend),
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
                 command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
@@ -384,17 +409,23 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       session.created = session.started = True
     if num_updates * per_update != cfg.total_timesteps:
       say(f"note: {cfg.total_timesteps:,} steps is not a whole number of {per_update:,}-step iterations "
-          f"({cfg.num_envs} envs x {per_update // cfg.num_envs} steps); training {num_updates * per_update:,} "
+          f"({plan.env.num_envs} envs x {per_update // plan.env.num_envs} steps); training {num_updates * per_update:,} "
           "steps per seed")
     session.progress = _Progress(v_init(keys), 0, np.zeros(0, np.int64), {})
     say(f"run directory {rd.path}: {plan.algo} on {plan.env_id}, seeds {plan.seeds}, {cfg.total_timesteps:,} "
-        f"steps each, {cfg.num_envs} envs, preset {plan.preset}, backend {meta['backend']}, "
+        f"steps each, {plan.env.num_envs} envs, preset {plan.preset}, backend {meta['backend']}, "
         f"device {meta['device']['kind']}")
   else:
     target = jax.eval_shape(v_init, keys)
+    if not plan.checkpoint_buffer:
+      target = algo.drop_buffer(target)
     with stop.critical():
       ckpt_step, restored, saved_metrics = rd.restore_checkpoint({"runner": target}, resume_step, writable=True)
     runner = restored["runner"]
+    if not plan.checkpoint_buffer:  # an empty buffer, filled again from here: the run continues, not bit-exactly
+      runner = jax.jit(jax.vmap(algo.fresh_buffer))(runner, v_init(keys))
+      say("note: the run's checkpoints leave out the replay buffer (--checkpoint-buffer off): training resumes "
+          "with an empty one, so this run no longer reproduces an uninterrupted one bit for bit")
     done = int(np.asarray(runner.train_state.step).reshape(-1)[0])
     if done * per_update != ckpt_step:
       raise runs.RunError(f"checkpoint {ckpt_step} holds {done} updates, not {ckpt_step // per_update}")
@@ -489,8 +520,9 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
   report, meta = None, rd.read_meta()
   if plan.eval_episodes > 0:
     record = plan.video_episodes
-    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(runner), plan.seeds,
-                                   plan.eval_episodes, 0, True, cfg.backend, record=min(record, plan.eval_episodes))
+    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(cfg, runner), plan.seeds,
+                                   plan.eval_episodes, 0, True, plan.env.backend,
+                                   record=min(record, plan.eval_episodes))
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
@@ -548,6 +580,10 @@ def main(argv=None) -> int:
   p.add_argument("--n-envs", type=int, default=None, help="parallel envs per seed (default: the preset's)")
   p.add_argument("--preset", default=None, help="config preset (default: book on CPU, gpu on an accelerator)")
   p.add_argument("--backend", choices=envs.BACKENDS, default=None, help="env physics (default: auto)")
+  p.add_argument("--physics", choices=envs.config.PHYSICS, default=None,
+                 help="mjx/warp solver settings: fast (capped Newton, default) or exact (the XML's)")
+  p.add_argument("--no-jdotv", action="store_true", help="mjx: leave out the J̇·v weld term (to measure its effect)")
+  p.add_argument("--threads", type=int, default=None, help="cpu backend: worker threads (default: every core)")
   p.add_argument("--her", action="store_true", default=None, help="Hindsight Experience Replay (sac, td3)")
   p.add_argument("--her-n-sampled-goal", "--n-sampled-goal", type=int, default=None, metavar="K",
                  help="HER relabelled goals per real one (default 4)")
@@ -564,6 +600,9 @@ def main(argv=None) -> int:
                  help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
                       "~/.cache/fetchjax/jax; off: none)")
   p.add_argument("--checkpoint-every", type=int, default=None, help="env steps per seed between checkpoints")
+  p.add_argument("--checkpoint-buffer", choices=("on", "off"), default=None,
+                 help="store the replay buffer in checkpoints (default on: resume is exact; off: much smaller "
+                      "checkpoints, resume refills the buffer)")
   p.add_argument("--eval-episodes", type=int, default=100, help="deterministic eval episodes per seed (0: skip)")
   p.add_argument("--video-episodes", type=int, default=2, help="eval episodes in the MP4 (0: no video)")
   p.add_argument("--pause-at", type=int, default=None, metavar="STEPS",
@@ -573,13 +612,15 @@ def main(argv=None) -> int:
   if a.step is not None and not a.resume:
     p.error("--step picks the checkpoint to resume from: it needs --resume RUN_DIR")
   if a.resume and (a.run_dir or a.set or a.seeds or a.n_envs or a.preset or a.backend or a.algo != "ppo"
+                   or a.physics or a.no_jdotv or a.threads is not None
                    or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
-                   or a.her_strategy or a.ent_coef is not None or a.gamma is not None):
+                   or a.her_strategy or a.ent_coef is not None or a.gamma is not None
+                   or a.checkpoint_buffer is not None):
     p.error("--resume takes its settings from the run; only --step, --total-steps, --checkpoint-every, "
             "--pause-at, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given with it")
   if a.step is not None and a.step < 0:
     p.error(f"--step must be >= 0, got {a.step}")
-  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at"):
+  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads"):
     v = getattr(a, name)
     if v is not None and v < 1:
       p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")

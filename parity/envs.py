@@ -272,16 +272,21 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
   se = np.sqrt(g[:, :dims].var(0) / n + rg[:, :dims].var(0) / n_ref)
   z = np.abs(g[:, :dims].mean(0) - rg[:, :dims].mean(0)) / se
   std_rel = np.abs(g[:, :dims].std(0) / (0.3 / np.sqrt(12)) - 1)
+  g0 = np.asarray(ref.initial_gripper_xpos, np.float64)
+  outside = np.abs(g[:, :dims] - g0[:dims]).max() - 0.15
   out = [Check("samplers", "goal mean |fetchjax - reference| / se (worst axis)", float(z.max()), 4.0, env_id, "se",
                f"{n} fetchjax vs {n_ref} reference goals"),
          Check("samplers", "goal std vs uniform ±0.15 m, relative error (worst axis)", float(std_rel.max()), 0.08,
-               env_id, "", f"{n} samples")]
+               env_id, "", f"{n} samples"),
+         Check("samplers", "goal beyond the ±0.15 m box around the initial gripper", max(float(outside), 0.0), 1e-6,
+               env_id, "m", f"{n} samples")]
   if ref.has_object:
-    g0 = np.asarray(ref.initial_gripper_xpos[:2])
-    d, rd = np.linalg.norm(xy - g0, axis=1), np.linalg.norm(rxy - g0, axis=1)
+    d, rd = np.linalg.norm(xy - g0[:2], axis=1), np.linalg.norm(rxy - g0[:2], axis=1)
     q = np.abs(np.quantile(d, [0.25, 0.5, 0.75]) - np.quantile(rd, [0.25, 0.5, 0.75]))
     out += [Check("samplers", "object distance to gripper, quartiles max abs diff", float(q.max()), 0.008, env_id,
                   "m", "uniform square minus a 10 cm disc"),
+            Check("samplers", "object beyond the ±0.15 m square around the gripper",
+                  max(float(np.abs(xy - g0[:2]).max() - 0.15), 0.0), 1e-6, env_id, "m"),
             Check("samplers", "object min distance to gripper (rejection radius 0.1)", float(d.min()), 0.1, env_id,
                   "m", "must be >= 0.1", ok=bool(d.min() >= 0.1 - 1e-6)),
             Check("samplers", "goal height = table height, max abs diff",

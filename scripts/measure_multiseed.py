@@ -20,8 +20,8 @@ import numpy as np
 from fetchjax import agents, runs
 
 
-def program(algo, cfg, n_seeds: int, updates: int):
-  init, run = algo.make_runner(cfg)
+def program(algo, cfg, env, n_seeds: int, updates: int):
+  init, run = algo.make_runner(cfg, env)
   keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in range(n_seeds)])
   runner = jax.jit(jax.vmap(init))(keys)
   t0 = time.time()
@@ -39,9 +39,10 @@ def main() -> int:
   p.add_argument("--updates-per-call", type=int, default=1)
   a = p.parse_args()
   algo = agents.get(a.algo)
-  cfg = algo.preset(a.preset, env_id=a.env)
-  r1, f1, c1 = program(algo, cfg, 1, a.updates_per_call)
-  rn, fn, cn = program(algo, cfg, a.seeds, a.updates_per_call)
+  cfg = algo.preset(a.preset)
+  env = algo.env_preset(a.preset, env_id=a.env).make()
+  r1, f1, c1 = program(algo, cfg, env, 1, a.updates_per_call)
+  rn, fn, cn = program(algo, cfg, env, a.seeds, a.updates_per_call)
   r1, _ = f1(r1)  # warm-up call each
   rn, _ = fn(rn)
   jax.block_until_ready((r1, rn))
@@ -55,7 +56,7 @@ def main() -> int:
         rn, m = f(rn)
       jax.block_until_ready(m)
       store.append(time.time() - t0)
-  steps = cfg.rollout_size * a.updates_per_call
+  steps = cfg.rollout_size(env.num_envs) * a.updates_per_call
   print(json.dumps(dict(
       algo=a.algo, preset=a.preset, env=a.env, seeds=a.seeds, env_steps_per_seed_per_call=steps,
       device=runs.device_info(), date=runs.now(), t_one_seed_s=t1, t_n_seeds_s=tn,

@@ -44,9 +44,10 @@ def main(argv=None) -> int:
   if a.seeds < 1 or a.total_steps < 1 or a.episodes < 1:
     print("error: --seeds, --total-steps and --episodes must be positive", file=sys.stderr)
     return 2
-  cfg = agents.get("ppo").preset(a.preset, env_id=a.env, total_timesteps=a.total_steps, backend=a.backend)
+  algo = agents.get("ppo")
+  cfg = algo.preset(a.preset, total_timesteps=a.total_steps)
   t0 = time.time()
-  train = jax.jit(jax.vmap(ppo.make_train(cfg)))
+  train = jax.jit(jax.vmap(ppo.make_train(cfg, algo.env_preset(a.preset, env_id=a.env, backend=a.backend).make())))
   state, metrics = train(jax.random.split(jax.random.PRNGKey(0), a.seeds))
   jax.block_until_ready(metrics)
   wall = time.time() - t0

@@ -53,7 +53,7 @@ GOAL, FETCH, CPU, MJX = "fetchjax/envs/goal.py", "fetchjax/envs/fetch.py", "fetc
     "fetchjax/envs/mjx_backend.py"
 PPO, HER, SAC, TD3, TRAIN = "fetchjax/agents/ppo.py", "fetchjax/agents/her.py", "fetchjax/agents/sac.py", \
     "fetchjax/agents/td3.py", "fetchjax/train.py"
-OFFPOLICY = "fetchjax/agents/offpolicy.py"
+OFFPOLICY, NETS, DRQ = "fetchjax/agents/offpolicy.py", "fetchjax/agents/nets.py", "fetchjax/agents/drq.py"
 CKPT = "fetchjax/checkpoints.py"
 CPU_ROLLOUTS = "tests/test_parity_cpu.py::test_multi_episode_rollouts_match_gymnasium"
 SB3_COLLECT = "tests/test_sb3_parity.py::test_collected_rollout_matches_sb3"
@@ -156,7 +156,7 @@ MUTATIONS = [
     M("offpolicy_learning_starts", "off-policy warm-up: random actions while num_timesteps <= learning_starts",
       OFFPOLICY,
       "warm = ts.num_timesteps < c.learning_starts", "warm = ts.num_timesteps <= c.learning_starts",
-      "tests/test_sac.py"),
+      "tests/test_offpolicy.py"),
     M("td3_no_policy_delay", "TD3: actor and targets updated every step (policy_delay ignored)", TD3,
       "delayed = n_updates % c.policy_delay == 0", "delayed = n_updates % 1 == 0",
       "tests/test_sb3_sac_parity.py", "tests/test_sac.py"),
@@ -203,6 +203,29 @@ MUTATIONS = [
     M("tensorboard_not_truncated", "a resumed run keeps the killed process's TensorBoard events", TRAIN,
       "    if resume_step is not None:\n      for s in seeds:", "    if False:\n      for s in seeds:",
       "tests/test_run_safety.py::test_kill_then_resume_keeps_tensorboard_and_metrics_consistent"),
+    # --- issue 13: encoders, the observation pytree, the policy item -----------------------------------------
+    M("critic_routing_actor_trains_encoder", "critic routing: the actor's features keep their gradient", NETS,
+      "  return lambda critic_params, obs: jax.lax.stop_gradient(\n",
+      "  return lambda critic_params, obs: (\n", "tests/test_nets.py"),
+    M("her_obs_silent_cast", "HER buffer: observations of another dtype are cast silently", HER,
+      "    if k not in GOAL_KEYS and v.dtype != want:", "    if False:", "tests/test_her.py"),
+    M("policy_item_not_saved", "checkpoints lack the policy item (load_policy reads the whole state)", TRAIN,
+      "                            policy=algo.policy_of(self.plan.config, p.runner))",
+      "                            policy=None)",
+      "tests/test_train_cli.py::test_load_policy_reads_only_the_policy_item"),
+    # --- issue 15: frame stacks rebuilt from single frames, DrQ ------------------------------------------------
+    M("her_stack_not_clipped", "frame stacks: times below 0 wrap to the episode's end instead of o_0", HER,
+      "  idx = jnp.maximum(t[:, None] + jnp.arange(1 - k, 1), 0)", "  idx = t[:, None] + jnp.arange(1 - k, 1)",
+      "tests/test_her.py::test_frame_stacks_are_rebuilt_from_single_frames"),
+    M("drq_zero_padding", "DrQ pads with zeros instead of replicating the border", DRQ,
+      'mode="edge")', 'mode="constant")',
+      "tests/test_drq.py::test_each_sample_is_an_integer_translation_of_its_replicate_padded_input"),
+    M("drq_same_shift_obs_next", "DrQ shifts obs and next_obs with the same key", DRQ,
+      "random_shift(k_next, batch.next_obs[image_key], pad)", "random_shift(k_obs, batch.next_obs[image_key], pad)",
+      "tests/test_drq.py::test_augment_shifts_obs_and_next_obs_independently_and_nothing_else"),
+    M("drq_not_applied", "the loop ignores drq: samples are not augmented", OFFPOLICY,
+      "        sample = drq.augment(sample, k_aug)", "        sample = sample",
+      "tests/test_drq.py::test_a_sac_her_run_on_drq_augmented_frame_stacks"),
 ]
 
 

@@ -1,5 +1,5 @@
 """fetchjax.agents: the algorithm registry (what the CLIs use) and the module structure (no algorithm imports
-another; shared pieces live in nets / offpolicy / observations / configs)."""
+another; shared pieces live in nets / offpolicy / her / configs, encoders in fetchjax.encoders)."""
 from __future__ import annotations
 
 import ast
@@ -31,10 +31,16 @@ def _imported_agent_modules(name: str) -> set[str]:
   return out
 
 
-@pytest.mark.parametrize("name", ALGORITHM_MODULES + ("offpolicy", "nets", "observations", "configs", "her"))
+@pytest.mark.parametrize("name", ALGORITHM_MODULES + ("offpolicy", "nets", "configs", "her", "drq"))
 def test_no_algorithm_imports_another(name):
   siblings = _imported_agent_modules(name) & set(ALGORITHM_MODULES)
   assert not siblings - {name}, f"fetchjax/agents/{name}.py imports the algorithm(s) {sorted(siblings)}"
+
+
+def test_the_modules_the_layout_names_are_all_there():
+  """The parametrisation above covers every module of fetchjax/agents (a new one must be added there)."""
+  names = {p.stem for p in AGENTS_DIR.glob("*.py")} - {"__init__"}
+  assert names == set(ALGORITHM_MODULES) | {"offpolicy", "nets", "configs", "her", "drq"}
 
 
 def test_registry_entries():

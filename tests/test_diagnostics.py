@@ -11,15 +11,16 @@ from fetchjax.agents.ppo import PPOConfig
 
 PPO = agents.get("ppo")
 
-BOOK = PPOConfig()  # 8 x 1024 = 8192 steps per update, 500k -> 62 updates
+REACH = "FetchReachDense-v4"
+BOOK = PPOConfig()  # 8 x 1024 = 8192 steps per update, 500k -> 62 updates (on 8 envs)
 
 
-def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
+def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0, num_envs=8):
   """A healthy FetchReachDense-v4 PPO run shaped like the book's ch3 run: return -10 -> -0.4,
   success 0 -> 1 (milestones), approx_kl 0.005-0.02, clip_fraction 0.05-0.25, std 1 -> std_end, explained
   variance negative at the first update then 0.5-0.99, value_loss ~8 decaying."""
   rng = np.random.default_rng(seed)
-  steps = config.rollout_size * np.arange(1, config.num_updates + 1)
+  steps = config.rollout_size(num_envs) * np.arange(1, config.num_updates(num_envs) + 1)
   shape = (n_seeds, len(steps))
   succ = np.clip(1 / (1 + np.exp(-(steps - 90_000) / 25_000)) + rng.normal(0, 0.02, shape), 0, 1)
   std = np.broadcast_to(np.exp(np.log(std_end) * steps / config.total_timesteps), shape).copy()
@@ -41,17 +42,17 @@ def healthy(config=BOOK, n_seeds=3, std_end=0.15, seed=0):
   return h, steps
 
 
-@pytest.mark.parametrize("config,std_end", [
-    (BOOK, 0.15),                                                # book fast path, 500k
-    (PPOConfig(total_timesteps=1_000_000), 0.08),                # book 3-seed run, 1M
-    (PPO.preset("gpu"), 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
-    (PPOConfig(num_envs=2, n_steps=256, total_timesteps=1536), 1.0),  # tiny sanity run, 3 updates
+@pytest.mark.parametrize("config,num_envs,std_end", [
+    (BOOK, 8, 0.15),                                             # book fast path, 500k
+    (PPOConfig(total_timesteps=1_000_000), 8, 0.08),             # book 3-seed run, 1M
+    (PPO.preset("gpu"), 1024, 0.2),                              # 1024 envs x 64 steps, 2M (31 updates)
+    (PPOConfig(n_steps=256, total_timesteps=1536), 2, 1.0),      # tiny sanity run, 3 updates
 ])
-def test_healthy_runs_trigger_nothing(config, std_end):
-  h, steps = healthy(config, std_end=std_end)
+def test_healthy_runs_trigger_nothing(config, num_envs, std_end):
+  h, steps = healthy(config, std_end=std_end, num_envs=num_envs)
   assert dg.check_ppo(h, steps, config, "FetchReachDense-v4") == []
   for n in (1, 5, len(steps) // 2):  # every prefix the CLI may check between chunks
-    assert dg.check_ppo({k: v[:, :n] for k, v in h.items()}, steps[:n], config) == []
+    assert dg.check_ppo({k: v[:, :n] for k, v in h.items()}, steps[:n], config, "FetchReachDense-v4") == []
 
 
 def test_healthy_with_rollouts_without_episode_ends():
@@ -60,7 +61,7 @@ def test_healthy_with_rollouts_without_episode_ends():
   h, steps = healthy(cfg)
   for k in ("ep_rew_mean", "success_rate"):
     h[k][:, 1::3] = np.nan
-  assert dg.check_ppo(h, steps, cfg) == []
+  assert dg.check_ppo(h, steps, cfg, REACH) == []
 
 
 def _break(h, rule):
@@ -108,11 +109,11 @@ def test_each_rule_fires_alone(rule):
 
 
 def test_p1_baseline_from_first_update_for_other_envs():
-  cfg = PPOConfig(env_id="FetchPushDense-v4")
+  cfg = PPOConfig()
   h, steps = healthy(cfg)
   h["ep_rew_mean"][:] = -7.0 + np.random.default_rng(2).normal(0, 0.2, h["ep_rew_mean"].shape)
   h["ep_rew_mean"][0] = np.minimum(-7 + 0.5 * np.arange(len(steps)), -3)  # seed 0 improves by 4 in 8 updates
-  found = dg.check_ppo(h, steps, cfg)
+  found = dg.check_ppo(h, steps, cfg, "FetchPushDense-v4")
   assert [(f.rule, f.seed) for f in found] == [("P1", 1), ("P1", 2)]
   assert found[0].threshold == pytest.approx(h["ep_rew_mean"][1, 0] + 1.0)
 
@@ -122,7 +123,7 @@ def test_values_and_thresholds():
   h["approx_kl"][1, 20:] = 0.08
   h["success_rate"][1, 15:] = 0.6  # not converged: P4 applies
   h["std"][2, 3:] = 0.02
-  f4, f7 = dg.check_ppo(h, steps, BOOK)
+  f4, f7 = dg.check_ppo(h, steps, BOOK, REACH)
   assert (f4.value, f4.threshold) == (pytest.approx(0.08), 0.05)
   assert (f7.rule, f7.seed, f7.value, f7.threshold) == ("P7", 2, pytest.approx(0.02), pytest.approx(0.1))
   f7b, = [f for f in dg.check_ppo(h, steps, PPOConfig(log_std_init=-1.0)) if f.rule == "P7"]  # initial std
@@ -135,7 +136,7 @@ def test_nan_detection():
   h["loss"][2, 30:] = np.nan
   h["ep_rew_mean"][0, 40] = -np.inf
   h["explained_variance"][1, 10] = np.nan  # Var(returns) == 0: allowed
-  found = dg.check_ppo(h, steps, BOOK)
+  found = dg.check_ppo(h, steps, BOOK, REACH)
   assert [(f.rule, f.severity, f.seed, f.step) for f in found] == [
       ("NAN", "error", 0, int(steps[40])), ("NAN", "error", 2, int(steps[30]))]
   assert "value_loss = nan" in found[1].message and "loss = nan" in found[1].message
@@ -147,7 +148,7 @@ def test_all_nan_seed_is_one_error():
   for k, v in h.items():
     if k != "timesteps":
       v[1, 3:] = np.nan
-  found = dg.check_ppo(h, steps, BOOK)
+  found = dg.check_ppo(h, steps, BOOK, REACH)
   assert [(f.rule, f.seed, f.step) for f in found] == [("NAN", 1, int(steps[3]))]
 
 
@@ -157,11 +158,11 @@ def test_dedup_and_idempotence():
   _break(h, "P7")
   early = dg.check_ppo({k: v[:, :10] for k, v in h.items()}, steps[:10], BOOK)
   assert [f.rule for f in early] == ["P7"]
-  full = dg.check_ppo(h, steps, BOOK)
+  full = dg.check_ppo(h, steps, BOOK, REACH)
   assert early[0] in full and [f.rule for f in full] == ["P4", "P7"]
   fresh = dg.new_findings(early, full)
   assert [f.rule for f in fresh] == ["P4"]
-  assert dg.new_findings(early + fresh, dg.check_ppo(h, steps, BOOK)) == []
+  assert dg.new_findings(early + fresh, dg.check_ppo(h, steps, BOOK, REACH)) == []
   assert dg.new_findings({("P4", 1)}, full) == [early[0]]  # keys work too
   assert dg.new_findings([], full + full) == full
 
@@ -181,7 +182,7 @@ def test_format_finding():
   assert dg.format_finding(g).startswith("ERROR NAN all seeds @ 8192 steps:")
   h, steps = healthy()
   _break(h, "P4")
-  line = dg.format_finding(dg.check_ppo(h, steps, BOOK)[0])
+  line = dg.format_finding(dg.check_ppo(h, steps, BOOK, REACH)[0])
   assert line.startswith(f"WARN P4 seed 1 @ {steps[22]} steps: approx_kl 0.08 > 0.05") and "n_epochs 10" in line
 
 
@@ -189,7 +190,7 @@ def test_write_diagnostics(tmp_path):
   h, steps = healthy()
   _break(h, "P4")
   h["value_loss"][0, 50] = np.nan
-  found = dg.check_ppo(h, steps, BOOK)
+  found = dg.check_ppo(h, steps, BOOK, REACH)
   path = tmp_path / "results" / "diag.json"
   dg.write_diagnostics(path, found, dg.PPO_RULE_IDS)
   d = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
@@ -224,10 +225,10 @@ DEFAULT_RUN_SUCCESS = [0.0, 0.01, 0.01, 0.08, 0.05, 0.09, 0.11, 0.21, 0.35, 0.34
 def test_p4_is_quiet_on_the_converged_default_run_and_fires_on_the_same_kl_while_learning():
   """Issue 14: the README's default run ended with `WARN P4 approx_kl 0.0514 > 0.05 - learning rate too high`
   although it had converged (success 1.00, eval 1.00): not true, not actionable."""
-  steps = BOOK.rollout_size * np.arange(1, 63)
+  steps = BOOK.rollout_size(8) * np.arange(1, 63)
   kl, succ = np.array([DEFAULT_RUN_KL]), np.array([DEFAULT_RUN_SUCCESS])
   assert np.median(kl[0, -5:]) > dg.P4_MAX  # the old rule fired here
-  p4 = lambda h: [f for f in dg.check_ppo(h, steps, BOOK) if f.rule == "P4"]
+  p4 = lambda h: [f for f in dg.check_ppo(h, steps, BOOK, REACH) if f.rule == "P4"]
   assert p4({"approx_kl": kl, "success_rate": succ}) == []
   # the same KL with a policy that is not succeeding (negative control): reported
   stuck = np.minimum(succ, 0.5)

@@ -1,5 +1,7 @@
 """fetchjax.diagnostics SAC/TD3/HER rules on synthetic histories (no training): healthy runs shaped like the
 book's trigger nothing at every prefix; each rule fires alone, at the right seed and iteration."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,9 +10,28 @@ from fetchjax.agents import sac, td3
 
 SAC, TD3 = agents.get("sac"), agents.get("td3")
 
-REACH = SAC.preset("book_her", total_timesteps=300_000)   # 400 steps per iteration, 750 iterations
-PUSH = SAC.preset("book_her_push")                          # ent_coef 0.05, 2M steps, 5000 iterations
-TD3_REACH = TD3.preset("her", total_timesteps=200_000)
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """An algorithm config with the env it trains on (8 envs): what a history below is shaped like."""
+  config: object
+  env_id: str
+  num_envs: int = 8
+
+  def __getattr__(self, name):  # the config's fields
+    return getattr(self.config, name)
+
+  @property
+  def rollout_size(self) -> int:
+    return self.config.rollout_size(self.num_envs)
+
+  @property
+  def num_updates(self) -> int:
+    return self.config.num_updates(self.num_envs)
+
+
+REACH = Run(SAC.preset("book_her", total_timesteps=300_000), "FetchReach-v4")  # 400 steps per iteration, 750 its
+PUSH = Run(SAC.preset("book_her_push"), "FetchPush-v4")                        # ent_coef 0.05, 2M steps, 5000 its
+TD3_REACH = Run(TD3.preset("her", total_timesteps=200_000), "FetchReach-v4")
 
 
 def healthy(config=REACH, n_seeds=3, seed=0, onset=None):
@@ -28,7 +49,7 @@ def healthy(config=REACH, n_seeds=3, seed=0, onset=None):
   calls = np.where(steps > config.learning_starts, per // config.num_envs, 0) * np.ones(shape)
   n_updates = np.cumsum(calls * config.gradient_steps, axis=1)
   q = -(1 - succ) * 12 - 1.5 + rng.normal(0, 0.2, shape)
-  alpha = np.full(shape, 0.05) if not isinstance(config, sac.SACConfig) or not config.auto_ent_coef else \
+  alpha = np.full(shape, 0.05) if not isinstance(config.config, sac.SACConfig) or not config.auto_ent_coef else \
       np.maximum(np.exp(-3e-4 * n_updates), 0.03)
   h = dict(
       timesteps=np.broadcast_to(steps, shape).copy(),
@@ -38,7 +59,7 @@ def healthy(config=REACH, n_seeds=3, seed=0, onset=None):
       q1_mean=q + rng.normal(0, 0.1, shape), q2_mean=q + rng.normal(0, 0.1, shape), q_min_mean=q - 0.1,
       target_q_mean=q, reward_mean=rng.uniform(-0.8, -0.4, shape),
   )
-  if isinstance(config, sac.SACConfig):
+  if isinstance(config.config, sac.SACConfig):
     h.update(ent_coef=alpha, log_prob_mean=rng.normal(2.0, 0.5, shape),
              ent_coef_loss=rng.normal(0, 0.1, shape) if config.auto_ent_coef else np.full(shape, np.nan))
   idle = calls == 0
@@ -49,11 +70,12 @@ def healthy(config=REACH, n_seeds=3, seed=0, onset=None):
   return h, steps
 
 
-def check(config, h, steps):
-  return (dg.check_td3 if isinstance(config, td3.TD3Config) else dg.check_sac)(h, steps, config)
+def check(run, h, steps):
+  return (dg.check_td3 if isinstance(run.config, td3.TD3Config) else dg.check_sac)(h, steps, run.config, run.env_id)
 
 
-@pytest.mark.parametrize("config", [REACH, PUSH, TD3_REACH, SAC.preset("book", total_timesteps=200_000)],
+@pytest.mark.parametrize("config", [REACH, PUSH, TD3_REACH,
+                                    Run(SAC.preset("book", total_timesteps=200_000), "FetchReachDense-v4")],
                          ids=["sac-her-reach", "sac-her-push", "td3-her-reach", "sac-dense-reach"])
 def test_healthy_runs_trigger_nothing(config):
   if config.env_id.endswith("Dense-v4"):
@@ -108,12 +130,13 @@ def _break(h, steps, rule, config):
   raise ValueError(rule)
 
 
-CASES = [("S1", REACH), ("S2", REACH), ("S3", REACH), ("S5", REACH), ("S6", SAC.preset("book")),
-         ("H4", SAC.preset("book_her", total_timesteps=200_000)),
+SAC_DENSE = Run(SAC.preset("book"), "FetchReachDense-v4")
+CASES = [("S1", REACH), ("S2", REACH), ("S3", REACH), ("S5", REACH), ("S6", SAC_DENSE),
+         ("H4", Run(SAC.preset("book_her", total_timesteps=200_000), "FetchReach-v4")),
          ("H1", PUSH), ("H2", PUSH), ("H11", REACH), ("S1", TD3_REACH), ("S5", TD3_REACH)]
 
 
-@pytest.mark.parametrize("rule,config", CASES, ids=[f"{r}-{c.env_id}-{type(c).__name__}" for r, c in CASES])
+@pytest.mark.parametrize("rule,config", CASES, ids=[f"{r}-{c.env_id}-{type(c.config).__name__}" for r, c in CASES])
 def test_each_rule_fires_alone(rule, config):
   h, steps = healthy(config)
   if config.env_id.endswith("Dense-v4"):
@@ -130,10 +153,10 @@ def test_warmup_nans_are_not_findings_but_later_nans_are():
   h, steps = healthy()
   assert np.isnan(h["critic_loss"][:, 0]).all()  # warm-up: no gradient step yet
   h["critic_loss"][2, 50] = np.nan
-  found = dg.check_sac(h, steps, REACH)
+  found = check(REACH, h, steps)
   assert [(f.rule, f.severity, f.seed, f.step) for f in found] == [("NAN", "error", 2, int(steps[50]))]
   h, steps = healthy(PUSH, n_seeds=1)  # fixed alpha: ent_coef_loss is NaN throughout, legitimately
-  assert np.isnan(h["ent_coef_loss"]).all() and dg.check_sac(h, steps, PUSH) == []
+  assert np.isnan(h["ent_coef_loss"]).all() and check(PUSH, h, steps) == []
 
 
 def _report(env_id, success, ret, p0=0.05, ret0=-47.5, n=100):

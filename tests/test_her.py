@@ -6,6 +6,7 @@ achieved_goal (e, t, 0), observation (e, t, seed, 1), desired goal (e, -100, 0) 
 action (e, t, seed, 0) and stored reward -(1000 e + t), so a sampled batch decodes into (episode, t, t').
 """
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def fill(buf, n_steps, seed=0):
 
 
 def new_buf(blocks):
-  return her.create(blocks * N * T, N, OBS_DIM)
+  return her.create(blocks * N * T, N, her.state_spec(OBS_DIM))
 
 
 _fill = jax.jit(fill)
@@ -88,25 +89,54 @@ def decode(batch):
 
 # --- create / storage --------------------------------------------------------------------------------------
 def test_create_shapes_and_capacity():
-  buf = her.create(1_000_000, 8, 25)
+  buf = her.create(1_000_000, 8, her.state_spec(25))
   assert buf.capacity_episodes == 20_000 and buf.episode_length == 50  # SB3: 125k rows x 8 envs = 20k episodes
-  assert buf.observation.shape == (20_000, 51, 25) and buf.achieved_goal.shape == (20_000, 51, 3)
+  assert buf.obs["observation"].shape == (20_000, 51, 25) and buf.achieved_goal.shape == (20_000, 51, 3)
   assert buf.action.shape == (20_000, 50, 4) and buf.desired_goal.shape == (20_000, 3)
   assert her.capacity_episodes(1000, 8) == 16          # 20 episodes -> whole blocks of 8
   assert her.capacity_episodes(100, 8) == 16           # at least two blocks
-  pix = her.create(4 * 50, 2, (84, 84, 3), obs_dtype=jnp.uint8)
-  assert pix.observation.shape == (4, 51, 84, 84, 3) and pix.observation.dtype == jnp.uint8
-  with pytest.raises(ValueError, match="dtype"):
-    her.start(pix, {"observation": jnp.zeros((2, 84, 84, 3)), "achieved_goal": jnp.zeros((2, 3)),
-                    "desired_goal": jnp.zeros((2, 3))})
   with pytest.raises(ValueError):
-    her.create(0, 8, 25)
+    her.create(0, 8, her.state_spec(25))
+  with pytest.raises(ValueError, match="goal key"):
+    her.create(200, 2, {"observation": jax.ShapeDtypeStruct((25,), jnp.float32)})
+
+
+def pixel_obs(n, frame=0, dtype=jnp.uint8):
+  """A pixel goal dict: uint8 frames whose every value is `frame`, float proprioception and goals."""
+  return {"pixels": jnp.full((n, 84, 84, 3), frame, dtype), "proprioception": jnp.full((n, 10), float(frame)),
+          "achieved_goal": jnp.full((n, 3), float(frame)), "desired_goal": jnp.zeros((n, 3))}
+
+
+def test_a_pytree_observation_keeps_each_leaf_dtype_and_stores_every_frame_once():
+  """uint8 frames beside float proprioception and goals: each key in its own dtype, one frame per time index
+  (T + 1 per episode, not 2T as obs/next_obs copies), and sampled obs/next_obs rebuilt by index."""
+  n, T_ = 2, 3
+  obs0 = pixel_obs(n)
+  pix = her.create(4 * T_, n, her.spec_of(obs0), T=T_)
+  assert pix.obs["pixels"].shape == (4, T_ + 1, 84, 84, 3) and pix.obs["pixels"].dtype == jnp.uint8
+  assert pix.obs["proprioception"].dtype == jnp.float32 and "desired_goal" not in pix.obs
+  with pytest.raises(ValueError, match="'pixels' dtype float32 != buffer storage dtype uint8"):
+    her.start(pix, pixel_obs(n, dtype=jnp.float32))
+  with pytest.raises(ValueError, match="keys"):
+    her.start(pix, {k: v for k, v in obs0.items() if k != "proprioception"})
+  buf = her.start(pix, obs0)
+  for step in range(1, T_ + 1):
+    o = pixel_obs(n, step)
+    state = SimpleNamespace(obs=o, reward=jnp.zeros(n), info={"final_obs": o})
+    buf = her.add(buf, jnp.zeros((n, 4)), state)
+  assert int(buf.size) == n
+  np.testing.assert_array_equal(np.asarray(buf.obs["pixels"][:n, :, 0, 0, 0]), [[0, 1, 2, 3]] * n)
+  b = her.sample(buf, jax.random.PRNGKey(0), 64, reward_fn, her=False)
+  assert b.obs["pixels"].dtype == jnp.uint8 and b.obs["pixels"].shape == (64, 84, 84, 3)
+  np.testing.assert_array_equal(np.asarray(b.next_obs["pixels"][:, 0, 0, 0]),
+                                np.asarray(b.obs["pixels"][:, 0, 0, 0]) + 1)          # o_{t+1} by index
+  np.testing.assert_array_equal(np.asarray(b.obs["proprioception"][:, 0]), np.asarray(b.obs["pixels"][:, 0, 0, 0]))
 
 
 def test_storage_layout():
   buf = filled(4, 2 * T + 10)
   assert (int(buf.t), int(buf.size), int(buf.pos)) == (10, 2 * N, 2 * N)
-  ag, ob, act = np.asarray(buf.achieved_goal), np.asarray(buf.observation), np.asarray(buf.action)
+  ag, ob, act = np.asarray(buf.achieved_goal), np.asarray(buf.obs["observation"]), np.asarray(buf.action)
   for e in range(2 * N):
     np.testing.assert_array_equal(ag[e, :, 0], e)
     np.testing.assert_array_equal(ag[e, :, 1], np.arange(T + 1))      # o_T is final_obs (e, T), not (e + N, 0)
@@ -238,14 +268,14 @@ def test_vmap_over_seeds():
   seeds = jnp.arange(2.0)
   buf0 = new_buf(4)
   bufs = jax.jit(jax.vmap(lambda s: fill(buf0, 2 * T + 10, s)))(seeds)
-  assert bufs.observation.shape == (2, 4 * N, T + 1, OBS_DIM) and bufs.t.shape == (2,)
+  assert bufs.obs["observation"].shape == (2, 4 * N, T + 1, OBS_DIM) and bufs.t.shape == (2,)
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
   vs = jax.jit(jax.vmap(sampler(256)))(bufs, keys)
   for i in range(2):
     np.testing.assert_array_equal(np.asarray(vs.obs["observation"][i, :, 2]), i)   # each seed its own data
     one = jax.tree.map(lambda x: x[i], bufs)
     alone = filled(4, 2 * T + 10, float(i))                                         # the same data unvmapped
-    np.testing.assert_array_equal(np.asarray(one.observation), np.asarray(alone.observation))
+    np.testing.assert_array_equal(np.asarray(one.obs["observation"]), np.asarray(alone.obs["observation"]))
     single = sampler(256)(one, keys[i])
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(jax.tree.map(lambda x: x[i], vs))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))                  # vmap == per-seed call
@@ -255,7 +285,7 @@ def test_vmap_over_seeds():
 # --- a real fetchjax env ------------------------------------------------------------------------------------
 def test_real_env_rollout():
   env = envs.make("FetchReach-v4", num_envs=4, backend="cpu")
-  buf = her.create(4 * 4 * 50, 4, env.observation_size["observation"])
+  buf = her.create(4 * 4 * 50, 4, her.state_spec(env.observation_size["observation"]))
 
   def rollout(key):
     k0, k1 = jax.random.split(key)
@@ -275,7 +305,7 @@ def test_real_env_rollout():
   assert (int(b.t), int(b.size), int(b.pos)) == (10, 4, 4) and int(steps[-1][0]) == int(b.t)
   ep = lambda x: np.swapaxes(x, 0, 1)  # [time, env, ...] -> [env, time, ...]
   for k in ("observation", "achieved_goal"):
-    stored = np.asarray(getattr(b, k))
+    stored = np.asarray(b.obs[k])
     np.testing.assert_array_equal(stored[:4, :T], ep(obs[k][:T]))
     np.testing.assert_array_equal(stored[:4, T], fin[k][T - 1])                # o_T = final_obs ...
     assert not np.array_equal(stored[:4, T], nxt[k][T - 1])                     # ... not the reset obs
@@ -294,3 +324,120 @@ def test_real_env_rollout():
   s = jax.jit(lambda b, k: her.sample(b, k, 256, env.compute_reward))(b, jax.random.PRNGKey(1))
   np.testing.assert_array_equal(np.asarray(s.reward),
                                 np.asarray(env.compute_reward(s.next_obs["achieved_goal"], s.obs["desired_goal"])))
+
+
+# --- frame stacks rebuilt at sample time ---------------------------------------------------------------------
+TS, NS, K = 6, 2, 4  # a short episode length, 2 envs, the book's 4-frame stack
+
+
+def frame_obs(e, t):
+  """Observation of episode e (global id) at step t: a 2x2 uint8 frame (e, t, 255 - t) per pixel, goals and
+  proprioception that carry (e, t) too."""
+  e = jnp.asarray(e)
+  t = jnp.broadcast_to(jnp.asarray(t), e.shape)
+  px = jnp.stack([e, t, 255 - t], -1).astype(jnp.uint8)
+  z = jnp.zeros(e.shape, jnp.float32)
+  ef, tf = e.astype(jnp.float32), t.astype(jnp.float32)
+  return {"pixels": jnp.broadcast_to(px[:, None, None, :], (*e.shape, 2, 2, 3)),
+          "proprioception": jnp.stack([ef, tf] + [z] * 8, -1), "achieved_goal": jnp.stack([ef, tf, z], -1),
+          "desired_goal": jnp.stack([ef, z - 100, z], -1)}
+
+
+@functools.lru_cache(maxsize=None)
+def frame_buffer(blocks=3, steps=4 * TS + 2):
+  """A ring of `blocks` blocks of NS episodes after `steps` env steps (it wraps after 3 blocks), and the
+  `acting_obs(k=K)` seen before every step (with the expected episode id and t)."""
+  buf = her.create(blocks * NS * TS, NS, her.spec_of(frame_obs(jnp.arange(NS), 0)), T=TS)
+  buf = her.start(buf, frame_obs(jnp.arange(NS), 0))
+  acting = jax.jit(lambda b: her.acting_obs(b, K))
+  add = jax.jit(her.add)
+  seen = []
+  for s in range(steps):
+    blk, t = s // TS, s % TS
+    e = blk * NS + jnp.arange(NS)
+    seen.append((np.asarray(e), t, np.asarray(acting(buf)["pixels"])))
+    final = frame_obs(e, t + 1)
+    nxt = frame_obs(e + NS, 0) if t + 1 == TS else final
+    state = State(pipeline_state=None, obs=nxt, reward=jnp.zeros(NS), done=jnp.zeros(NS), info={"final_obs": final})
+    buf = add(buf, jnp.zeros((NS, 4)), state)
+  return buf, seen
+
+
+def expected_stack(e, t, k=K):
+  """[..., 1, 1, 3k] the k-frame stack (oldest first) of episode e at step t: times max(t - k + 1 + j, 0)."""
+  times = np.maximum(np.asarray(t)[..., None] + np.arange(1 - k, 1), 0)
+  e = np.broadcast_to(np.asarray(e)[..., None], times.shape)
+  return np.stack([e, times, 255 - times], -1).reshape(*times.shape[:-1], 1, 1, 3 * k).astype(np.uint8)
+
+
+def test_frame_stacks_are_rebuilt_from_single_frames():
+  """The buffer holds T+1 single 3-channel frames per episode; sample(frame_stack=4) returns obs = frames
+  t-3..t and next_obs = frames t-2..t+1 of the same episode on the channel axis, oldest first, times < 0 as copies
+  of o_0 (the book's wrapper fills its deque with the reset frame); next_obs at t = T-1 ends at o_T."""
+  buf, _ = frame_buffer()
+  assert buf.obs["pixels"].shape == (3 * NS, TS + 1, 2, 2, 3)          # memory: single frames, not stacks
+  assert her.stacked_spec(her.spec_of(frame_obs(jnp.arange(NS), 0)), K)["pixels"].shape == (2, 2, 12)
+  key = jax.random.PRNGKey(0)
+  b = sampler(512, frame_stack=K)(buf, key)
+  ep, t = (np.asarray(b.obs["achieved_goal"][:, i]).astype(int) for i in (0, 1))
+  assert set(t) == set(range(TS)) and set(ep) == set(range(2 * NS, 4 * NS))   # every t; the ring has wrapped
+  for side, tt in ((b.obs, t), (b.next_obs, t + 1)):
+    px = np.asarray(side["pixels"])
+    assert px.dtype == np.uint8 and px.shape == (512, 2, 2, 12)
+    np.testing.assert_array_equal(px, np.broadcast_to(expected_stack(ep, tt), px.shape))
+  first = np.asarray(b.obs["pixels"][t == 0, 0, 0])
+  np.testing.assert_array_equal(first.reshape(-1, K, 3)[:, :, 1], 0)       # t = 0: four copies of o_0
+  np.testing.assert_array_equal(np.asarray(b.obs["pixels"][t == 2, 0, 0, 1::3])[0], [0, 0, 1, 2])
+  np.testing.assert_array_equal(np.asarray(b.next_obs["pixels"][t == TS - 1, 0, 0, 1::3])[0],
+                                [TS - 3, TS - 2, TS - 1, TS])              # ... ends at o_T
+  # everything else is the frame_stack=1 sample (same key, same draws), whose frame is the stack's newest
+  one = sampler(512)(buf, key)
+  np.testing.assert_array_equal(np.asarray(one.obs["pixels"]), np.asarray(b.obs["pixels"][..., -3:]))
+  np.testing.assert_array_equal(np.asarray(one.next_obs["pixels"]), np.asarray(b.next_obs["pixels"][..., -3:]))
+
+  def rest(x):
+    return [np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(x) if "pixels" not in str(p)]
+
+  for a, c in zip(rest(one), rest(b)):
+    np.testing.assert_array_equal(a, c)
+  assert b.obs["proprioception"].shape == (512, 10)                          # only stack_keys are stacked
+
+
+def test_frame_stack_one_is_plain_indexing_and_bad_stacks_raise():
+  buf, _ = frame_buffer()
+  key = jax.random.PRNGKey(1)
+  a, b = sampler(64)(buf, key), sampler(64, frame_stack=1)(buf, key)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert a.obs["pixels"].shape == (64, 2, 2, 3)
+  with pytest.raises(ValueError, match="frame_stack must be a positive integer"):
+    her.sample(buf, key, 8, reward_fn, frame_stack=0)
+  with pytest.raises(ValueError, match="cannot stack"):
+    her.sample(buf, key, 8, reward_fn, frame_stack=2, stack_keys=("rgb",))
+  with pytest.raises(ValueError, match="cannot stack"):
+    her.stacked_spec(her.state_spec(4), 2, ("achieved_goal",))
+
+
+def test_acting_obs_stacks_the_episodes_in_progress():
+  """What the policy acts on before each step: frames t-3..t of the current episodes (first-frame copies at
+  t < 3, o_0 from last_obs at t = 0 while the slots still hold the overwritten episodes), also after the wrap."""
+  _, seen = frame_buffer()
+  assert {t for _, t, _ in seen} == set(range(TS))
+  for e, t, px in seen:
+    assert px.shape == (NS, 2, 2, 12)
+    np.testing.assert_array_equal(px, np.broadcast_to(expected_stack(e, np.full(NS, t)), px.shape))
+
+
+def test_frame_stacks_vmap_over_seeds():
+  buf, _ = frame_buffer()
+  bufs = jax.tree.map(lambda x: jnp.stack([x, x]), buf)
+  keys = jax.random.split(jax.random.PRNGKey(2), 2)
+  fn = sampler(32, frame_stack=K)
+  vs = jax.jit(jax.vmap(fn))(bufs, keys)
+  acting = jax.jit(jax.vmap(lambda b: her.acting_obs(b, K)))(bufs)
+  for i in range(2):
+    single = fn(buf, keys[i])
+    for a, c in zip(jax.tree.leaves(single), jax.tree.leaves(jax.tree.map(lambda x: x[i], vs))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    want = expected_stack(4 * NS + np.arange(NS), np.full(NS, 2))                   # before step 4 T + 2
+    np.testing.assert_array_equal(np.asarray(acting["pixels"][i]), np.broadcast_to(want, (NS, 2, 2, 12)))

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from fetchjax import agents
+from fetchjax import agents, envs
 from fetchjax.agents import nets, ppo
-from fetchjax.agents.observations import flatten_obs
+from fetchjax.encoders import flatten_obs
 
 PPO = agents.get("ppo")
 from fetchjax.agents.ppo import PPOConfig
@@ -134,25 +134,29 @@ def test_network_matches_sb3_shape_and_init():
 # --- config -------------------------------------------------------------------------------------------------
 def test_config_presets():
   book = PPO.preset("book")
-  assert (book.num_envs, book.n_steps, book.batch_size, book.n_epochs, book.learning_rate) == (8, 1024, 256, 10, 3e-4)
-  assert book.num_updates == 62 and book.num_minibatches == 32  # 500k -> 62 rollouts (SB3 learn() stops at >= 500k)
-  assert PPO.preset("book", total_timesteps=1_000_000).num_updates == 123
-  assert PPO.preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
+  assert PPO.env_preset("book") == envs.EnvConfig("FetchReachDense-v4", num_envs=8)
+  assert (book.n_steps, book.batch_size, book.n_epochs, book.learning_rate) == (1024, 256, 10, 3e-4)
+  assert book.num_updates(8) == 62 and book.num_minibatches(8) == 32  # 500k -> 62 rollouts (SB3 stops at >= 500k)
+  assert PPO.preset("book", total_timesteps=1_000_000).num_updates(8) == 123
+  assert PPO.env_preset("gpu").backend == "auto"  # warp on NVIDIA GPUs, mjx on other accelerators
+  assert PPO.env_preset("gpu").num_envs == 1024 and set(ppo.ENV_PRESETS) == set(ppo.PRESETS)
   with pytest.raises(ValueError, match="unknown PPO preset"):
     PPO.preset("nope")
   with pytest.raises(ValueError, match="unknown PPOConfig field"):
     PPO.preset("book", lr=1e-3)
+  with pytest.raises(ValueError, match="batch_size 64 must divide num_envs \\* n_steps = 80"):
+    PPOConfig(n_steps=10, batch_size=64).check_env(8)
   with pytest.raises(ValueError, match="must divide"):
-    PPOConfig(num_envs=8, n_steps=10, batch_size=64)
+    ppo.make_runner(PPOConfig(n_steps=10, batch_size=64), envs.make("FetchReachDense-v4", 8, backend="cpu"))
 
 
 # --- training -----------------------------------------------------------------------------------------------
 # jit(vmap(train)) over seeds once deadlocked in XLA:CPU: the batched QR of the orthogonal init waited on a
 # busy intra-op pool (fixed by nets.orthogonal). This run reproduced it every time before the fix.
 def test_vmapped_seeds_tiny():
-  cfg = PPOConfig(num_envs=8, n_steps=64, batch_size=128, n_epochs=2, total_timesteps=3 * 512, backend="cpu",
-                  normalize_obs=True)
-  ts, metrics = jax.jit(jax.vmap(ppo.make_train(cfg)))(jax.random.split(jax.random.PRNGKey(0), 2))
+  cfg = PPOConfig(n_steps=64, batch_size=128, n_epochs=2, total_timesteps=3 * 512, normalize_obs=True)
+  env = envs.make("FetchReachDense-v4", num_envs=8, backend="cpu")
+  ts, metrics = jax.jit(jax.vmap(ppo.make_train(cfg, env)))(jax.random.split(jax.random.PRNGKey(0), 2))
   for k, v in metrics.items():
     assert v.shape == (2, 3), k
     assert np.all(np.isfinite(np.asarray(v))), k  # 64 > 50 steps: every rollout completes episodes
@@ -199,8 +203,9 @@ def test_learns_reach_dense():
   do_nothing = _do_nothing_return("FetchReachDense-v4")
   assert abs(do_nothing - (-50 * 0.143)) < 0.5, do_nothing  # the spec's mean initial distance, 256 tasks
   bar = do_nothing + 1.5
-  cfg = PPOConfig(num_envs=16, n_steps=256, batch_size=256, total_timesteps=12 * 4096, backend="cpu")
-  _, metrics = jax.jit(ppo.make_train(cfg))(jax.random.PRNGKey(0))
+  cfg = PPOConfig(n_steps=256, batch_size=256, total_timesteps=12 * 4096)
+  env = envs.make("FetchReachDense-v4", num_envs=16, backend="cpu")
+  _, metrics = jax.jit(ppo.make_train(cfg, env))(jax.random.PRNGKey(0))
   ret = np.asarray(metrics["ep_rew_mean"])
   success = np.asarray(metrics["success_rate"])
   print(f"do nothing {do_nothing:.2f}, bar {bar:.2f}; returns {np.round(ret, 2)}; success {np.round(success, 2)}")

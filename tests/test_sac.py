@@ -1,6 +1,6 @@
 """SAC / TD3 (fetchjax.agents.sac, td3): configs, networks and init, the squashed-Gaussian log-prob, the update
-(finite losses, Polyak, alpha), the off-policy loop (warm-up, when gradient steps start, jit(vmap) over seeds,
-chunked runs = one run), a short SAC+HER learning run on sparse FetchReach-v4 and a TD3 smoke run.
+(finite losses, Polyak, alpha), a short SAC+HER learning run on sparse FetchReach-v4 and a TD3 smoke run. The
+loop they share is tested in test_offpolicy.py.
 Weight-level parity with SB3's SAC.train() / TD3.train() is in test_sb3_sac_parity.py."""
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ import jax.numpy as jnp
 
 import fetchjax.envs as envs
 from fetchjax import agents
-from fetchjax.agents import configs, offpolicy, sac, td3
-from fetchjax.agents.observations import flatten_obs
+from fetchjax.agents import configs, her, offpolicy, sac, td3
 
 SAC, TD3 = agents.get("sac"), agents.get("td3")
 
-SMALL = dict(env_id="FetchReach-v4", num_envs=2, buffer_size=2_000, batch_size=32, hidden_sizes=(16, 16),
-             backend="cpu")
+SMALL = dict(buffer_size=2_000, batch_size=32, hidden_sizes=(16, 16))  # on reach2
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +29,19 @@ def reach2():
   return envs.make("FetchReach-v4", num_envs=2, backend="cpu")
 
 
-def _batch(key, n=64, obs=16):
+SPEC = her.state_spec(10)  # FetchReach's goal dict: 16 values flattened
+
+
+def _obs(key, n):
+  """A random Reach goal dict of n envs."""
+  ks = jax.random.split(key, 3)
+  return {k: jax.random.normal(kk, (n, s.shape[0])) for kk, (k, s) in zip(ks, sorted(SPEC.items()))}
+
+
+def _batch(key, n=64):
   k = jax.random.split(key, 4)
-  return offpolicy.Batch(jax.random.normal(k[0], (n, obs)),
-                         jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
-                         -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32),
-                         jax.random.normal(k[3], (n, obs)), jnp.zeros(n))
+  return offpolicy.Batch(_obs(k[0], n), jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
+                         -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32), _obs(k[3], n), jnp.zeros(n))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -44,19 +49,22 @@ def _batch(key, n=64, obs=16):
 # ----------------------------------------------------------------------------------------------------------
 def test_presets_and_config():
   book = SAC.preset("book")
-  assert (book.env_id, book.num_envs, book.buffer_size, book.batch_size, book.learning_starts) == (
-      "FetchReachDense-v4", 8, 1_000_000, 256, 10_000)
+  assert SAC.env_preset("book") == envs.EnvConfig("FetchReachDense-v4", num_envs=8)
+  assert (book.buffer_size, book.batch_size, book.learning_starts) == (1_000_000, 256, 10_000)
   assert (book.learning_rate, book.gamma, book.tau, book.ent_coef, book.train_freq, book.gradient_steps) == (
       3e-4, 0.99, 0.005, "auto", 1, 1)
   assert book.hidden_sizes == (256, 256) and not book.her and book.auto_ent_coef
-  assert book.rollout_size == 400 and book.num_updates == 2500
-  assert SAC.preset("book", total_timesteps=500_000).num_updates == 1250
+  assert book.rollout_size(8) == 400 and book.num_updates(8) == 2500
+  assert SAC.preset("book", total_timesteps=500_000).num_updates(8) == 1250
   her_cfg = SAC.preset("book_her")
-  assert (her_cfg.env_id, her_cfg.gamma, her_cfg.learning_starts, her_cfg.her, her_cfg.n_sampled_goal,
+  assert (SAC.env_preset("book_her").env_id, her_cfg.gamma, her_cfg.learning_starts, her_cfg.her, her_cfg.n_sampled_goal,
           her_cfg.goal_selection_strategy, her_cfg.ent_coef) == ("FetchReach-v4", 0.95, 1000, True, 4, "future", "auto")
   push = SAC.preset("book_her_push")
-  assert (push.env_id, push.ent_coef, push.gamma) == ("FetchPush-v4", 0.05, 0.95) and not push.auto_ent_coef
-  assert SAC.preset("gpu").backend == "auto" and SAC.preset("gpu").gradient_steps > 1
+  assert (SAC.env_preset("book_her_push").env_id, push.ent_coef, push.gamma) == ("FetchPush-v4", 0.05, 0.95)
+  assert not push.auto_ent_coef
+  assert SAC.env_preset("gpu").backend == "auto" and SAC.preset("gpu").gradient_steps > 1
+  assert SAC.env_preset("gpu").num_envs == TD3.env_preset("gpu").num_envs == 512
+  assert set(sac.ENV_PRESETS) == set(sac.PRESETS) and set(td3.ENV_PRESETS) == set(td3.PRESETS)
   # meta.json round trip, as the CLI stores and reloads configs
   for name in sac.PRESETS:
     cfg = sac.PRESETS[name]
@@ -71,10 +79,12 @@ def test_presets_and_config():
     SAC.preset("nope")
   with pytest.raises(ValueError, match="unknown SACConfig field"):
     SAC.preset("book", n_steps=3)
-  for bad in (dict(ent_coef="autox"), dict(ent_coef=-1.0), dict(ent_coef="auto_0"), dict(num_envs=0),
-              dict(goal_selection_strategy="random"), dict(buffer_size=100), dict(hidden_sizes=("[32", "32]"))):
+  for bad in (dict(ent_coef="autox"), dict(ent_coef=-1.0), dict(ent_coef="auto_0"), dict(batch_size=0),
+              dict(goal_selection_strategy="random"), dict(hidden_sizes=("[32", "32]")), dict(num_envs=8)):
     with pytest.raises(ValueError):
       SAC.preset("book", **bad)
+  with pytest.raises(ValueError, match="buffer_size 100 must hold at least one episode per env"):
+    SAC.preset("book", buffer_size=100).check_env(8)
   assert configs.parse_ent_coef("auto_0.1") == (True, 0.1) and configs.parse_ent_coef("0.2") == (False, 0.2)
 
 
@@ -83,7 +93,7 @@ def test_presets_and_config():
 # ----------------------------------------------------------------------------------------------------------
 def test_networks_shapes_and_torch_init():
   cfg = sac.SACConfig()
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = jax.jit(learner.init)(jax.random.PRNGKey(0))
   p = ts.actor_params["params"]
   assert p["latent_pi"]["dense_0"]["kernel"].shape == (16, 256)
@@ -99,14 +109,15 @@ def test_networks_shapes_and_torch_init():
   assert np.abs(b).max() <= 1 / math.sqrt(20) and np.abs(b).max() > 0.9 / math.sqrt(20)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), ts.critic_params, ts.target_critic_params))
   assert float(ts.log_ent_coef[0]) == 0.0  # alpha = 1
-  mean, log_std = jax.jit(learner.actor.apply)(ts.actor_params, jnp.zeros((5, 16)))
-  q1, q2 = jax.jit(learner.critic.apply)(ts.critic_params, jnp.zeros((5, 16)), jnp.zeros((5, 4)))
+  zeros = offpolicy.obs_zeros(SPEC, 5)
+  mean, log_std = jax.jit(learner.actor.apply)(ts.actor_params, zeros)
+  q1, q2 = jax.jit(learner.critic.apply)(ts.critic_params, zeros, jnp.zeros((5, 4)))
   assert mean.shape == log_std.shape == (5, 4) and q1.shape == q2.shape == (5,)
   # log_std head clipped to [-20, 2]
   big = jax.tree.map(lambda x: x * 1e3, ts.actor_params)
-  _, ls = jax.jit(learner.actor.apply)(big, jax.random.normal(jax.random.PRNGKey(1), (64, 16)))
+  _, ls = jax.jit(learner.actor.apply)(big, _obs(jax.random.PRNGKey(1), 64))
   assert float(ls.max()) == 2.0 and float(ls.min()) == -20.0
-  t = jax.jit(td3.make_learner(td3.TD3Config(), 16, 4).init)(jax.random.PRNGKey(0))
+  t = jax.jit(td3.make_learner(td3.TD3Config(), SPEC, 4).init)(jax.random.PRNGKey(0))
   assert t.actor_params["params"]["dense_0"]["kernel"].shape == (16, 400)
   assert t.actor_params["params"]["dense_2"]["kernel"].shape == (300, 4)
   assert t.critic_params["params"]["qf0"]["dense_1"]["kernel"].shape == (400, 300)
@@ -130,22 +141,22 @@ def test_squashed_log_prob_formula_and_deterministic_action():
   np.testing.assert_allclose(float(sac.log1m_tanh_sq(jnp.asarray(60.0))), math.log(1e-6), rtol=1e-6)
   # deterministic action = tanh(mean); sampled actions stay in (-1, 1)
   cfg = sac.SACConfig(hidden_sizes=(32, 32))
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = learner.init(jax.random.PRNGKey(3))
   obs = {"achieved_goal": jnp.ones((7, 3)), "desired_goal": jnp.zeros((7, 3)), "observation": jnp.ones((7, 10))}
-  mu, _ = learner.actor.apply(ts.actor_params, flatten_obs(obs))
+  mu, _ = learner.actor.apply(ts.actor_params, obs)
   act = sac.make_act(cfg)
-  pol = offpolicy.policy_of(offpolicy.RunnerState(ts, None, None, None))
+  pol = offpolicy.policy_of(cfg, offpolicy.RunnerState(ts, None, None, None))
   np.testing.assert_array_equal(np.asarray(act(pol, obs)), np.asarray(jnp.tanh(mu)))
   sampled = np.asarray(act(pol, obs, jax.random.PRNGKey(0)))
   assert np.all(np.abs(sampled) <= 1) and not np.allclose(sampled, np.asarray(jnp.tanh(mu)))
-  assert offpolicy.policy_of({"train_state": {"actor_params": 1}}) == {"actor_params": 1}
+  assert offpolicy.policy_of(cfg, {"train_state": {"actor_params": 1}}) == {"actor_params": 1}
 
 
 @pytest.mark.parametrize("ent_coef", ["auto", 0.1])
 def test_update_losses_alpha_and_polyak(ent_coef):
   cfg = sac.SACConfig(hidden_sizes=(32, 32), ent_coef=ent_coef, tau=0.005, target_update_interval=2)
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, SPEC, 4)
   ts = learner.init(jax.random.PRNGKey(0))
   # move the targets away from the critics so that the Polyak average is visible
   ts = ts.replace(target_critic_params=jax.tree.map(lambda x: x + 0.1, ts.target_critic_params))
@@ -186,77 +197,14 @@ def test_update_losses_alpha_and_polyak(ent_coef):
   assert float(td3.critic_loss_fn(qs, jnp.array([1.0, 1.0]))) == pytest.approx(0.5 + 5.0)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the loop
-# ----------------------------------------------------------------------------------------------------------
-def test_warmup_random_actions_and_when_training_starts(reach2):
-  """Uniform actions while num_timesteps < learning_starts, then the policy; gradient steps once
-  num_timesteps > learning_starts (and an episode is complete: see test_td3_smoke); run in two chunks."""
-  cfg = sac.SACConfig(**SMALL, learning_starts=120, her=True)
-  learner = sac.make_learner(cfg, 16, 4)
-  learner = dataclasses.replace(learner, explore=lambda ts, obs, key: jnp.full((obs.shape[0], 4), 0.5))
-  init, run = offpolicy.make_offpolicy_runner(cfg, reach2, learner)
-  run1 = jax.jit(run, static_argnums=1)
-  r0 = init(jax.random.PRNGKey(0))
-  r1, m1 = run1(r0, 1)
-  # no gradient step in the first 50 vectorised steps (num_timesteps <= 100 < 120): weights untouched
-  assert int(m1["n_updates"][0]) == 0 and np.isnan(float(m1["critic_loss"][0]))
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), r0.train_state, r1.train_state.replace(
-      key=r0.train_state.key, step=r0.train_state.step, num_timesteps=r0.train_state.num_timesteps)))
-  r2, m2 = run1(r1, 1)
-  # vectorised step k (1-based) has num_timesteps 2k after it; warm-up while 2(k-1) < 120: k <= 60
-  acts = np.asarray(r2.buffer.action[:4])  # [episodes (2 blocks of 2 envs), 50, 4]
-  steps = np.concatenate([acts[0:2], acts[2:4]], axis=1)  # per env: vectorised steps 1..100
-  random_part, policy_part = steps[:, :60], steps[:, 60:]
-  assert np.all(policy_part == 0.5)
-  assert np.all(np.abs(random_part) <= 1) and abs(random_part.mean()) < 0.1 and np.all(random_part != 0.5)
-  assert abs(random_part.std() - 1 / math.sqrt(3)) < 0.05  # U(-1, 1)
-  # gradient steps at k = 61..100 (num_timesteps 122 > 120)
-  assert int(m2["n_updates"][0]) == 40 and int(m2["train_calls"][0]) == 40
-  np.testing.assert_array_equal([int(m1["timesteps"][0]), int(m2["timesteps"][0])], [100, 200])
-  assert np.isfinite(float(m2["critic_loss"][0])) and np.isfinite(float(m2["ent_coef_loss"][0]))
-  assert not jnp.allclose(r2.train_state.actor_params["params"]["mu"]["kernel"],
-                          r0.train_state.actor_params["params"]["mu"]["kernel"])
-  assert int(r2.train_state.step) == 2 and int(r2.train_state.num_timesteps) == 200
-  # the iteration's episode metrics are those of the 2 episodes it completed (buffer slots 2, 3): the return is
-  # the stored rewards' sum, success is is_success of the last transition (d < 0.05 at the final achieved goal)
-  ep_ret = np.asarray(r2.buffer.reward[2:4]).sum(1)
-  final_success = np.asarray(reach2.is_success(r2.buffer.achieved_goal[2:4, -1], r2.buffer.desired_goal[2:4]))
-  assert float(m2["ep_rew_mean"][0]) == pytest.approx(ep_ret.mean(), abs=1e-5)
-  assert float(m2["success_rate"][0]) == pytest.approx(final_success.mean())
-  assert float(m1["ep_rew_mean"][0]) == pytest.approx(np.asarray(r2.buffer.reward[0:2]).sum(1).mean(), abs=1e-5)
-  # two chunks == one run of 2 iterations, bit for bit (what checkpoint/resume relies on)
-  r2b, m2b = jax.jit(run, static_argnums=1)(r0, 2)
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), r2, r2b)), "chunked run differs"
-  np.testing.assert_array_equal(np.asarray(m2b["critic_loss"]), [np.nan, np.asarray(m2["critic_loss"][0])])
-
-
-def test_jit_vmap_two_seeds(reach2):
-  """jit(vmap) over 2 seeds (no QR in the init, so no XLA:CPU stall); seeds are independent."""
-  cfg = sac.SACConfig(**SMALL, learning_starts=50, gradient_steps=2, train_freq=2)
-  init, run = sac.make_runner(cfg, reach2)
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  r = jax.jit(jax.vmap(init))(keys)
-  v_run = jax.jit(jax.vmap(run, in_axes=(0, None)), static_argnums=1)
-  r1, m1 = v_run(r, 1)
-  r2, m2 = v_run(r1, 1)
-  assert m2["success_rate"].shape == (2, 1) and m2["critic_loss"].shape == (2, 1)
-  # train_freq 2: 2 gradient steps after even vectorised steps with num_timesteps > 50 and an episode stored
-  np.testing.assert_array_equal(np.asarray(m1["n_updates"]), [[2], [2]])
-  np.testing.assert_array_equal(np.asarray(m2["n_updates"]), [[52], [52]])
-  assert np.all(np.isfinite(np.asarray(m2["critic_loss"])))
-  p = r2.train_state.actor_params["params"]["mu"]["kernel"]
-  assert not jnp.allclose(p[0], p[1])  # independent seeds
-  # the vmapped init is the per-seed init (sequential_vmap: one seed at a time)
-  one = init(keys[1])
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a[1] == b)), r.train_state.critic_params,
-                                   one.train_state.critic_params))
-
-
 # SAC+HER on sparse FetchReach-v4, shrunk to a CPU test: book_her (gamma 0.95, future k=4) with 1 env (UTD 1),
 # 64-64 nets, ent_coef 0.05, lr 1e-3, learning_starts 500, 12k steps (240 episodes).
-SAC_LEARN = dict(num_envs=1, buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3, ent_coef=0.05,
-                 learning_starts=500, total_timesteps=12_000, backend="cpu")
+SAC_LEARN = dict(buffer_size=20_000, hidden_sizes=(64, 64), learning_rate=1e-3, ent_coef=0.05,
+                 learning_starts=500, total_timesteps=12_000)  # on 1 env of FetchReach-v4
+
+
+def reach1():
+  return envs.make("FetchReach-v4", num_envs=1, backend="cpu")
 
 
 def test_sac_her_learns_sparse_reach():
@@ -272,12 +220,12 @@ def test_sac_her_learns_sparse_reach():
   At 8k steps both SB3 (0.13-0.80 over 10 seeds) and fetchjax (0.05-0.95 over 12) are still mid-ramp: one seed's
   value there depends on the platform's float rounding, so the budget is 12k, where every seed has learned."""
   out = {}
-  for her in (True, False):
-    cfg = SAC.preset("book_her", her=her, **SAC_LEARN)
-    init, run = sac.make_runner(cfg)
-    runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates)
+  for use_her in (True, False):
+    cfg = SAC.preset("book_her", her=use_her, **SAC_LEARN)
+    init, run = sac.make_runner(cfg, reach1())
+    runner, m = jax.jit(run, static_argnums=1)(init(jax.random.PRNGKey(2)), cfg.num_updates(1))
     s = np.asarray(m["success_rate"])
-    out[her] = (float(s[:40].mean()), float(s[-40:].mean()))
+    out[use_her] = (float(s[:40].mean()), float(s[-40:].mean()))
     assert int(m["n_updates"][-1]) == 12_000 - 500
   print(f"SAC sparse Reach, success first/last 40 episodes: HER {out[True]}, no HER {out[False]}")
   (first, last), (_, last_no_her) = out[True], out[False]
@@ -287,17 +235,24 @@ def test_sac_her_learns_sparse_reach():
 
 @pytest.mark.slow
 def test_sac_her_sparse_reach_across_seeds_vs_sb3():
-  """The learning check over 8 vmapped fetchjax seeds beside 6 seeds of SB3 2.9.2's SAC + HerReplayBuffer with
-  the same settings (~8 min on 2 cores): fetchjax's mean last-40 success within 0.1 of SB3's, no seed below
-  the CI bar. Measured: fetchjax 0.80-1.00 (mean 0.96), SB3 0.95-1.00 (mean 0.99)."""
+  """The learning check over 16 vmapped fetchjax seeds beside 6 seeds of SB3 2.9.2's SAC + HerReplayBuffer with
+  the same settings (~9 min on 2 cores): fetchjax's mean last-40 success within 0.1 of SB3's, no seed below
+  the CI bar. Why 16 seeds: one seed's outcome moves with any bit of the physics or the float rounding, so a
+  new mujoco (or jax, or CPU) draws new seeds. Measured (2026-12-01, 2 cores), fetchjax over batches of seeds:
+  mujoco 3.11: 8 seeds mean 0.959, 16 seeds 0.955; mujoco 3.17: 8 seeds 0.866 (0.725-1.00, the batch that
+  failed with 8 seeds), 16 seeds 0.964 and 0.939; over all 40 seeds on 3.17 mean 0.934 (sd 0.077), on 3.11
+  0.956 over 24 (sd 0.048): no significant difference (Welch p 0.17); SB3 0.992 on both. Resampling the 40
+  seeds measured on 3.17, a batch falls below the bar (SB3 - 0.1 = 0.89) 6.9% of the time with 8 seeds, 1.8%
+  with 16. fetchjax sits ~0.04 below SB3 on both versions, with a heavier low tail (a gap to look into, not
+  hidden by this bar)."""
   sb3 = pytest.importorskip("stable_baselines3")
   from stable_baselines3.common.callbacks import BaseCallback
 
   from fetchjax.gymnasium_reference import gymnasium_make
 
   cfg = SAC.preset("book_her", **SAC_LEARN)
-  init, run = sac.make_runner(cfg)
-  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates)))(jax.random.split(jax.random.PRNGKey(100), 8))
+  init, run = sac.make_runner(cfg, reach1())
+  _, m = jax.jit(jax.vmap(lambda k: run(init(k), cfg.num_updates(1))))(jax.random.split(jax.random.PRNGKey(100), 16))
   ours = np.asarray(m["success_rate"])[:, -40:].mean(1)
 
   class Success(BaseCallback):
@@ -341,8 +296,8 @@ def test_td3_smoke(reach2):
   assert moved(ts.target_actor_params, r0.train_state.target_actor_params)
   act = td3.make_act(cfg)
   obs = jax.tree.map(lambda x: x[:2], r.env_state.obs)
-  a = act(offpolicy.policy_of(r), obs)
+  a = act(offpolicy.policy_of(cfg, r), obs)
   assert a.shape == (2, 4) and bool(jnp.all(jnp.abs(a) <= 1))
-  assert not jnp.allclose(act(offpolicy.policy_of(r), obs, jax.random.PRNGKey(1)), a)
+  assert not jnp.allclose(act(offpolicy.policy_of(cfg, r), obs, jax.random.PRNGKey(1)), a)
   assert set(td3.TB_NAMES) <= set(m) | {"n_updates"}
   assert set(sac.TB_NAMES) - {"ent_coef", "ent_coef_loss", "log_prob_mean"} == set(td3.TB_NAMES)

@@ -172,7 +172,7 @@ def sample_jx(buf, n_batches, batch_size, strategy="future", k=4, reward_fn=envs
 def test_book_stub_success_fraction(vec_env):
   rng = np.random.default_rng(0)
   blocks = [stub_block(b, rng) for b in range(3)]
-  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 10 * N * T), her.create(10 * N * T, N, OBS_DIM), 7, stub_block(3, rng))
+  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 10 * N * T), her.create(10 * N * T, N, her.state_spec(OBS_DIM)), 7, stub_block(3, rng))
   s, j = sample_sb3(sb, 20, 512), sample_jx(jx, 20, 512)
   nv = int(0.8 * 512)
   expected = np.concatenate([-np.ones(512 - nv), np.zeros(nv)]).astype(np.float32)  # real first, then virtual
@@ -193,7 +193,7 @@ def test_sampled_episodes_after_overwrite(vec_env, extra_steps, blocks_valid):
   """SB3 buffer of 3 episodes per env (buffer_size 3 * N * T) vs a ring of 3 blocks, after 5 blocks (+ 10 steps
   of the 6th): the same episodes are sampleable on both sides."""
   blocks = [coded_block(b) for b in range(5)]
-  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 3 * N * T), her.create(3 * N * T, N, OBS_DIM), extra_steps,
+  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 3 * N * T), her.create(3 * N * T, N, her.state_spec(OBS_DIM)), extra_steps,
                      coded_block(5))
   s, j = sample_sb3(sb, 10, 256), sample_jx(jx, 10, 256)
   expected = {b * N + i for b in blocks_valid for i in range(N)}
@@ -208,7 +208,7 @@ def future_offset_pmf():
 @pytest.mark.parametrize("strategy", ["future", "episode", "final"])
 def test_relabel_distribution(vec_env, strategy):
   blocks = [coded_block(b) for b in range(4)]
-  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 10 * N * T, strategy), her.create(10 * N * T, N, OBS_DIM), 5,
+  sb, jx = fill_both(blocks, sb3_buffer(vec_env, 10 * N * T, strategy), her.create(10 * N * T, N, her.state_spec(OBS_DIM)), 5,
                      coded_block(4))
   B, n_batches = 1024, 50
   s, j = sample_sb3(sb, n_batches, B), sample_jx(jx, n_batches, B, strategy)
@@ -253,7 +253,7 @@ def test_relabel_distribution(vec_env, strategy):
 def test_fetch_reach_rewards_and_success_fraction(vec_env):
   blocks, env = reach_blocks()
   ref = vec_env.envs[0].unwrapped
-  sb, jx = fill_both(blocks[:5], sb3_buffer(vec_env, 10 * N * T), her.create(10 * N * T, N, OBS_DIM), 10, blocks[5])
+  sb, jx = fill_both(blocks[:5], sb3_buffer(vec_env, 10 * N * T), her.create(10 * N * T, N, her.state_spec(OBS_DIM)), 10, blocks[5])
   B, n_batches = 256, 200
   s, j = sample_sb3(sb, n_batches, B), sample_jx(jx, n_batches, B, reward_fn=env.compute_reward)
   nv = int(0.8 * B)

@@ -45,7 +45,7 @@ from measured import Recorder, max_abs, rel  # noqa: E402
 
 from fetchjax.agents import ppo  # noqa: E402
 from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob  # noqa: E402
-from fetchjax.agents.observations import OBS_KEYS, flatten_obs  # noqa: E402
+from fetchjax.encoders import OBS_KEYS, flatten_obs  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
 N_ENVS, N_STEPS = 2, 64          # 128 transitions; Fetch episodes are 50 steps -> one truncation per env
@@ -191,7 +191,7 @@ def sb3_run():
   env.close()
 
   # fetchjax's own network, loss and optimiser: the ones make_runner trains with.
-  cfg = ppo.PPOConfig(num_envs=N_ENVS, n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1,
+  cfg = ppo.PPOConfig(n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1,
                       learning_rate=LR, gamma=GAMMA, gae_lambda=LAM, clip_range=CLIP, ent_coef=ENT_COEF,
                       vf_coef=VF_COEF, max_grad_norm=MAX_GRAD_NORM)
   net, tx, loss_fn = ppo.make_learner(cfg, 4)
@@ -470,8 +470,8 @@ def collected(request):
   from fetchjax import envs
 
   norm = request.param
-  cfg = ppo.PPOConfig(env_id=ENV_ID, num_envs=ROLL_ENVS, n_steps=ROLL_STEPS, batch_size=ROLL_ENVS * ROLL_STEPS,
-                      n_epochs=1, gamma=GAMMA, gae_lambda=LAM, backend="cpu", normalize_obs=norm)
+  cfg = ppo.PPOConfig(n_steps=ROLL_STEPS, batch_size=ROLL_ENVS * ROLL_STEPS, n_epochs=1, gamma=GAMMA,
+                      gae_lambda=LAM, normalize_obs=norm)
   env = envs.make(ENV_ID, num_envs=ROLL_ENVS, backend="cpu")
   init, _ = ppo.make_runner(cfg, env)
   runner = jax.jit(init)(jax.random.PRNGKey(0))

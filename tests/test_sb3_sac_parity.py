@@ -34,8 +34,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from measured import Recorder, max_abs, rel  # noqa: E402
 
-from fetchjax.agents import offpolicy, sac, td3  # noqa: E402
-from fetchjax.agents.observations import OBS_KEYS, flatten_obs  # noqa: E402
+from fetchjax.agents import her, offpolicy, sac, td3  # noqa: E402
+from fetchjax.encoders import OBS_KEYS  # noqa: E402
 
 ENV_ID = "FetchReachDense-v4"
 B = 64            # batch size
@@ -144,9 +144,8 @@ def _torch_samples(b):
 
 
 def _jax_batch(b):
-  return offpolicy.Batch(flatten_obs({k: jnp.asarray(v) for k, v in b.obs.items()}), jnp.asarray(b.action),
-                         jnp.asarray(b.reward), flatten_obs({k: jnp.asarray(v) for k, v in b.next_obs.items()}),
-                         jnp.zeros(B))
+  return offpolicy.Batch({k: jnp.asarray(v) for k, v in b.obs.items()}, jnp.asarray(b.action),
+                         jnp.asarray(b.reward), {k: jnp.asarray(v) for k, v in b.next_obs.items()}, jnp.zeros(B))
 
 
 def _noise(n, seed):
@@ -183,7 +182,7 @@ def _sac_train(model, monkeypatch, bs, noises):
 
 def _sac_fetchjax(model, ent_coef):
   cfg = sac.SACConfig(learning_rate=LR, batch_size=B, gamma=0.95, tau=0.005, ent_coef=ent_coef)
-  learner = sac.make_learner(cfg, 16, 4)
+  learner = sac.make_learner(cfg, her.state_spec(10), 4)
   sd = _sd(model)
   ts = learner.init(jax.random.PRNGKey(0))
   a, c, t = sac_actor_params(sd), critic_params(sd), critic_params(sd, "critic_target")
@@ -410,7 +409,7 @@ def test_td3_train_matches_sb3(gym_env, batches, monkeypatch):
                   seed=0, device="cpu", verbose=0)
   model.set_logger(configure(None, [""]))
   cfg = td3.TD3Config(learning_rate=TD3_LR, batch_size=B, gamma=0.95)
-  learner = td3.make_learner(cfg, 16, 4)
+  learner = td3.make_learner(cfg, her.state_spec(10), 4)
   sd0 = _sd(model)
   assert {k for k in sd0} == ({f"{a}.mu.{i}.{w}" for a in ("actor", "actor_target") for i in (0, 2, 4)
                                for w in ("weight", "bias")}

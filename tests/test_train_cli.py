@@ -81,12 +81,14 @@ def _backend(run_dir) -> str:
 def test_run_directory_contract(run2):
   meta = json.loads((run2 / "meta.json").read_text())
   UPDATE = update(meta["backend"])  # noqa: N806
-  for k in ("algo", "env_id", "seeds", "total_steps", "n_envs", "config", "device", "versions", "git_commit",
+  for k in ("algo", "env_id", "seeds", "total_steps", "n_envs", "config", "env_config", "device", "versions", "git_commit",
             "created_at", "training_time_sec", "steps_per_sec", "compile_time_sec"):
     assert k in meta, k
   assert meta["algo"] == "ppo" and meta["env_id"] == "FetchReachDense-v4" and meta["seeds"] == [0, 1]
-  assert meta["status"] == "finished" and meta["config"]["num_envs"] == 4
-  assert meta["backend"] == meta["config"]["backend"] in BACKENDS
+  env_config = meta["env_config"]
+  assert meta["status"] == "finished" and env_config["num_envs"] == meta["n_envs"] == 4
+  assert meta["backend"] == env_config["backend"] in BACKENDS and env_config["physics"] == "fast"
+  assert "num_envs" not in meta["config"] and "env_id" not in meta["config"]  # the algorithm's config alone
   assert meta["versions"]["jax"] and meta["versions"]["mujoco"] == "3.17.0"
   assert runs.RunDir(run2).checkpoint_steps()[-1] == 3 * UPDATE
 
@@ -339,6 +341,47 @@ def test_sac_her_run_and_exact_resume(tmp_path):
     assert a_t.shape == (4,) and np.all(np.abs(a_t) <= 1)
     obs, r, term, trunc, info = env.step(a_t)
   assert trunc and r in (0.0, -1.0)
+
+
+def test_checkpoints_without_the_replay_buffer_resume_with_an_empty_one(tmp_path, capsys):
+  """--checkpoint-buffer off: checkpoints leave the buffer out (and say so in meta.json); a resumed run starts
+  from the checkpointed networks, env and counters with an empty buffer that fills again, and trains on."""
+  d = tmp_path / "nobuf"
+  common = [*SAC_TINY, "--total-steps", str(4 * SAC_ITER), "--video-episodes", "0", "--eval-episodes", "2"]
+  assert fj_train.main([*common, "--run-dir", str(d), "--pause-at", str(2 * SAC_ITER),
+                        "--checkpoint-buffer", "off"]) == 0
+  assert json.loads((d / "meta.json").read_text())["checkpoint_buffer"] is False
+  raw = runs.RunDir(d).restore_raw()[1]["runner"]
+  assert "buffer" not in raw or not raw["buffer"], "the buffer is in the checkpoint"
+  paused = _ckpt_runner(d)[1]["train_state"]
+  capsys.readouterr()
+  assert fj_train.main(["--resume", str(d), "--video-episodes", "0", "--eval-episodes", "2"]) == 0
+  assert "training resumes with an empty one" in capsys.readouterr().err
+  step, runner = _ckpt_runner(d)
+  assert step == 4 * SAC_ITER and int(np.asarray(runner["train_state"]["step"])[0]) == 4
+  # training went on (the buffer refilled: one episode, then gradient steps again), from the saved networks
+  assert int(np.asarray(runner["train_state"]["n_updates"])[0]) > int(np.asarray(paused["n_updates"])[0])
+  assert json.loads((d / "meta.json").read_text())["status"] == "finished"
+  r = _cli("--algo", "ppo", "--checkpoint-buffer", "off", "--run-dir", str(tmp_path / "x"))
+  assert r.returncode == 2 and "--algo ppo has no replay buffer" in r.stderr
+
+
+def test_load_policy_reads_only_the_policy_item(run2_cpu, tmp_path):
+  """load_policy and eval read the checkpoint's small policy item: a damaged state item (a replay buffer of many
+  GB, say) neither stops them nor is hashed; resuming, which needs the state, refuses that checkpoint."""
+  d = tmp_path / "copy"
+  shutil.copytree(run2_cpu, d)
+  step = runs.RunDir(d).checkpoint_steps()[-1]
+  before = fetchjax.load_policy(d, seed_index=1)
+  obs = {"observation": np.linspace(-1, 1, 10, dtype=np.float32), "achieved_goal": np.zeros(3, np.float32),
+         "desired_goal": np.ones(3, np.float32)}
+  state_files = sorted(p for p in (d / "checkpoints" / str(step) / "state").rglob("*") if p.is_file())
+  with open(state_files[0], "r+b") as f:
+    f.write(b"\0garbage")
+  pol = fetchjax.load_policy(d, seed_index=1)
+  assert pol.step == step
+  np.testing.assert_array_equal(pol(obs), before(obs))
+  assert runs.RunDir(d).checkpoints().check(step) is not None  # the whole checkpoint is not intact
 
 
 def test_td3_her_cli_run(tmp_path):

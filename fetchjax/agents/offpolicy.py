@@ -7,7 +7,7 @@ it resumes a run bit-exactly. One iteration of `run` = one 50-step episode of ev
 
 An algorithm module (sac.py, td3.py) supplies its config (with `EpisodeIterations`, validated by
 `check_offpolicy`), its `TrainState` and a `Learner`: networks, optimisers, `init`, the gradient step `update`
-(on a flattened `Batch`) and `explore`. Pieces of the update both use are here too: `critic_step`, `polyak`.
+(on a `Batch` of observation dicts) and `explore`. Pieces of the update both use are here too: `critic_step`, `polyak`.
 
 SB3 details kept on purpose (they change results):
 - warm-up: uniform actions while `num_timesteps < learning_starts` (num_timesteps = transitions of all envs);
@@ -26,6 +26,12 @@ Deliberate differences from SB3 (documented, small):
   `num_updates = ceil(total_timesteps / rollout_size)` (500k with 8 envs -> 1250 iterations, exactly 500k);
 - `ep_rew_mean` / `success_rate` are over the episodes that ended in the iteration (num_envs of them), not
   SB3's 100-episode window (same as fetchjax PPO).
+
+Pixels (book ch9), both off by default and then without effect on a single bit: `frame_stack` k > 1 stacks the
+k most recent frames of the env's single-frame `pixels` on the channel axis (the buffer keeps one frame per time
+index; `her.sample` rebuilds the stacks of obs and next_obs, `her.acting_obs` the one the policy acts on, and
+the networks are built on `network_spec`); `drq` shifts the sampled obs and next_obs pixels after HER relabelling
+(`drq.augment`, independent shifts, goals untouched).
 """
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax.agents import configs, her
-from fetchjax.agents.observations import flatten_obs
+from fetchjax import encoders
+from fetchjax.agents import configs, drq, her, nets
 
 EPISODE_STEPS = 50                      # every Fetch v4 task
 
@@ -51,42 +57,65 @@ EPISODE_STEPS = 50                      # every Fetch v4 task
 class EpisodeIterations:
   """Off-policy configs: one iteration of `run` = one 50-step episode of every env."""
 
-  @property
-  def rollout_size(self) -> int:
+  def rollout_size(self, num_envs: int) -> int:
     """Env transitions per seed per iteration (one episode of every env)."""
-    return EPISODE_STEPS * self.num_envs
+    return EPISODE_STEPS * num_envs
 
-  @property
-  def num_updates(self) -> int:
+  def num_updates(self, num_envs: int) -> int:
     """Iterations of `run` for `total_timesteps` (whole episodes)."""
-    return -(-self.total_timesteps // self.rollout_size)
+    return -(-self.total_timesteps // self.rollout_size(num_envs))
+
+  def check_env(self, num_envs: int) -> None:
+    """What the config requires of the env it trains on (ValueError)."""
+    if self.buffer_size < EPISODE_STEPS * num_envs:
+      raise ValueError(f"buffer_size {self.buffer_size} must hold at least one episode per env "
+                       f"({EPISODE_STEPS * num_envs})")
 
 
 def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
   """Validation shared by the off-policy configs (SACConfig, TD3Config), raising ValueError; `positive`: the
   algorithm's own fields that must be positive integers."""
-  configs.check_ints(config, positive=("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_freq",
+  configs.check_ints(config, positive=("total_timesteps", "buffer_size", "batch_size", "train_freq", "frame_stack",
                                        *positive),
                      non_negative=("learning_starts", "gradient_steps", "n_sampled_goal"))
-  if config.buffer_size < EPISODE_STEPS * config.num_envs:
-    raise ValueError(f"buffer_size {config.buffer_size} must hold at least one episode per env "
-                     f"({EPISODE_STEPS * config.num_envs})")
   if config.goal_selection_strategy not in ("future", "final", "episode"):
     raise ValueError(f"goal_selection_strategy must be future, final or episode, got "
                      f"{config.goal_selection_strategy!r}")
   object.__setattr__(config, "hidden_sizes", configs.layer_sizes(config.hidden_sizes))
+  if config.encoder not in encoders.ENCODERS:
+    raise ValueError(f"unknown encoder {config.encoder!r}; available: {', '.join(encoders.ENCODERS)}")
+  nets.check_routing(config.encoder_routing)
+  if not isinstance(config.drq, bool):
+    raise ValueError(f"drq must be true or false, got {config.drq!r}")
+
+
+STACK_KEYS = (drq.IMAGE_KEY,)           # what frame_stack stacks: the pixels, as the book's wrapper
+
+
+def network_spec(config, obs_spec: dict) -> dict:
+  """The observation spec the networks of `config` read, from the env's `obs_spec`: its single-frame `pixels`
+  with `frame_stack` times the channels (ValueError when frame_stack > 1 or drq is asked of an env without
+  pixels)."""
+  if config.drq and drq.IMAGE_KEY not in obs_spec:
+    raise ValueError(f"drq augments obs[{drq.IMAGE_KEY!r}]; this env's observation has {sorted(obs_spec)}")
+  return her.stacked_spec(obs_spec, config.frame_stack, STACK_KEYS)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The learner interface and the update pieces SAC and TD3 share
 # ----------------------------------------------------------------------------------------------------------
 class Batch(NamedTuple):
-  """What the losses read (flattened policy inputs). reward/done: [B]."""
-  obs: jax.Array
+  """What the losses read: observation dicts (the networks' encoders turn them into features). reward/done: [B]."""
+  obs: dict
   action: jax.Array
   reward: jax.Array
-  next_obs: jax.Array
+  next_obs: dict
   done: jax.Array
+
+
+def obs_zeros(obs_spec: dict, batch: int = 1) -> dict:
+  """A zero observation dict of `batch` envs (network initialisation)."""
+  return {k: jnp.zeros((batch, *s.shape), s.dtype) for k, s in obs_spec.items()}
 
 
 def polyak(target, online, tau):
@@ -118,7 +147,7 @@ class Learner:
   init: Callable            # init(key) -> TrainState (key, step, ... zero)
   update: Callable          # update(ts, batch: Batch, key, grad_step: int array) -> (ts, info)
   update_with_noise: Callable  # the same step with its noise given explicitly (SB3 parity tests)
-  explore: Callable         # explore(ts, obs_flat, key) -> action in [-1, 1] (after warm-up)
+  explore: Callable         # explore(ts, obs dict, key) -> action in [-1, 1] (after warm-up)
   info_names: tuple         # keys of `info` reported as metrics
   weights: dict = dataclasses.field(default_factory=dict)  # metric -> 0/1 info key it is averaged over
 
@@ -144,9 +173,8 @@ TB_NAMES = {  # metric -> SB3 logger key of what every off-policy learner report
 }
 
 
-def _batch_from(sample) -> Batch:
-  """her.Batch (goal dicts) -> flattened `Batch` the losses read."""
-  return Batch(flatten_obs(sample.obs), sample.action, sample.reward.reshape(-1), flatten_obs(sample.next_obs),
+def _batch_from(sample: her.Batch) -> Batch:
+  return Batch(sample.obs, sample.action, sample.reward.reshape(-1), sample.next_obs,
                sample.done.reshape(-1).astype(jnp.float32))
 
 
@@ -160,7 +188,9 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   `gradient_steps` updates (grad_step index 0..G-1, as one SB3 `train()` call).
   """
   c = config
-  obs_size = env.observation_size["observation"]
+  c.check_env(env.num_envs)
+  network_spec(c, env.observation_spec)  # frame_stack / drq need the env's pixels
+  num_envs = env.num_envs
   act_size = env.action_size
   steps = env.max_episode_steps
   if steps != EPISODE_STEPS:
@@ -170,9 +200,9 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     key, k_learn, k_env = jax.random.split(key, 3)
     ts = learner.init(k_learn).replace(key=key)
     env_state = env.reset(k_env)
-    buf = her.create(c.buffer_size, c.num_envs, obs_size, T=steps, goal_dim=3, act_dim=act_size)
+    buf = her.create(c.buffer_size, num_envs, her.spec_of(env_state.obs), T=steps, act_dim=act_size)
     buf = her.start(buf, env_state.obs)
-    return RunnerState(ts, env_state, buf, jnp.zeros(c.num_envs, jnp.float32))
+    return RunnerState(ts, env_state, buf, jnp.zeros(num_envs, jnp.float32))
 
   weight_keys = sorted(set(learner.weights.values()))
 
@@ -180,8 +210,13 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
     def one(ts, xs):
       k, i = xs
       k_sample, k_update = jax.random.split(k)
+      if c.drq:  # its own key, split off only here: with drq off the key stream is the one it always was
+        k_sample, k_aug = jax.random.split(k_sample)
       sample = her.sample(buf, k_sample, c.batch_size, env.compute_reward, n_sampled_goal=c.n_sampled_goal,
-                          strategy=c.goal_selection_strategy, her=c.her)
+                          strategy=c.goal_selection_strategy, her=c.her, frame_stack=c.frame_stack,
+                          stack_keys=STACK_KEYS)
+      if c.drq:
+        sample = drq.augment(sample, k_aug)
       return learner.update(ts, _batch_from(sample), k_update, i)
 
     ts, info = jax.lax.scan(one, ts, (jax.random.split(key, c.gradient_steps), jnp.arange(c.gradient_steps)))
@@ -197,16 +232,17 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   def env_step(carry, _):
     ts, env_state, buf, ep_ret = carry
     key, k_rand, k_pol, k_noise, k_train = jax.random.split(ts.key, 5)
-    shape = (c.num_envs, act_size)
+    shape = (num_envs, act_size)
     warm = ts.num_timesteps < c.learning_starts
-    policy_action = learner.explore(ts, flatten_obs(env_state.obs), k_pol)
+    obs = env_state.obs if c.frame_stack == 1 else her.acting_obs(buf, c.frame_stack, STACK_KEYS)
+    policy_action = learner.explore(ts, obs, k_pol)
     action = jnp.where(warm, jax.random.uniform(k_rand, shape, minval=-1.0, maxval=1.0), policy_action)
     if action_noise_sigma > 0:
       action = jnp.clip(action + action_noise_sigma * jax.random.normal(k_noise, shape), -1.0, 1.0)
     env_state = env.step(env_state, action)
     buf = her.add(buf, action, env_state)
-    num_timesteps = ts.num_timesteps + c.num_envs
-    vec_steps = num_timesteps // c.num_envs
+    num_timesteps = ts.num_timesteps + num_envs
+    vec_steps = num_timesteps // num_envs
     ts = ts.replace(key=key, num_timesteps=num_timesteps)
     do_train = (num_timesteps > c.learning_starts) & her.can_sample(buf) & (vec_steps % c.train_freq == 0)
     if c.gradient_steps > 0:
@@ -262,11 +298,36 @@ def tb_constants(config) -> dict[str, float]:
   return {"train/learning_rate": config.learning_rate}
 
 
-def policy_of(runner) -> dict:
-  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
+def drop_buffer(runner: RunnerState) -> RunnerState:
+  """The runner without its replay buffer (what a checkpoint without the buffer stores)."""
+  return runner.replace(buffer=None)
+
+
+def fresh_buffer(runner: RunnerState, initial: RunnerState) -> RunnerState:
+  """`runner` (restored without its buffer) with the empty buffer of `initial` (a runner from `init`), started
+  from the env's current observations. Checkpoints are taken between iterations, i.e. at episode starts, so
+  the next episodes are stored whole; sampling waits for the first of them (`her.can_sample`)."""
+  return runner.replace(buffer=her.start(initial.buffer, runner.env_state.obs))
+
+
+def policy_of(config, runner) -> dict:
+  """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState: the actor's
+  parameters and, when the critic owns the encoder (and it has parameters), the critic encoder's."""
   ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
-  return {"actor_params": ts["actor_params"] if isinstance(ts, dict) else ts.actor_params}
+  get = (lambda k: ts[k]) if isinstance(ts, dict) else (lambda k: getattr(ts, k))
+  policy = {"actor_params": get("actor_params")}
+  if not nets.actor_owns_encoder(config.encoder_routing):
+    enc = nets.encoder_params_of(get("critic_params"))
+    if enc is not None:
+      policy["critic_encoder"] = enc
+  return policy
 
 
-__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "Batch", "polyak", "critic_step", "Learner",
-           "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants", "policy_of"]
+def acting_input(config, critic, policy: dict, obs: dict):
+  """What the actor module reads when acting with `policy` (from `policy_of`) on `obs`."""
+  return nets.actor_input(critic, config.encoder_routing)(policy.get("critic_encoder", {"params": {}}), obs)
+
+
+__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "network_spec", "STACK_KEYS", "Batch", "polyak",
+           "critic_step", "Learner", "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants",
+           "policy_of", "acting_input", "obs_zeros", "drop_buffer", "fresh_buffer"]

@@ -1,8 +1,9 @@
 """PPO with Stable-Baselines3 (2.9.2) semantics as one jitted JAX program.
 
-Structure after purejaxrl: `make_train(config)` builds the env and returns a pure `train(key)` whose whole loop
-(rollout `lax.scan`, GAE, epochs x shuffled minibatches, Adam with global-norm clipping) jits as one program and
-vmaps over seeds: `jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(key, n_seeds))`.
+Structure after purejaxrl: `make_train(config, env)` returns a pure `train(key)` whose whole loop (rollout
+`lax.scan`, GAE, epochs x shuffled minibatches, Adam with global-norm clipping) jits as one program and vmaps
+over seeds: `jax.jit(jax.vmap(make_train(cfg, env)))(jax.random.split(key, n_seeds))`, with
+`env = EnvConfig(...).make()` (the env's settings are not part of the algorithm's config).
 
 SB3 PPO details kept on purpose (they change results):
 - policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted Dict keys);
@@ -26,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax import envs
 from fetchjax.agents import configs, nets
 from fetchjax.agents.nets import gaussian_entropy, gaussian_log_prob
-from fetchjax.agents.observations import flat_size, flatten_obs
+from fetchjax.encoders import flatten_obs
+from fetchjax.envs.config import EnvConfig
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
@@ -39,12 +40,10 @@ _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 # ----------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-  """SB3 `PPO` arguments (defaults = the book's ch3 FetchReachDense-v4 run). Step counts are env transitions
-  summed over the parallel envs. `batch_size` must divide `num_envs * n_steps` (SB3 would allow a short last
-  minibatch; a jitted loop needs equal ones)."""
+  """SB3 `PPO` arguments (defaults = the book's ch3 FetchReachDense-v4 run with its 8 envs). Step counts are env
+  transitions summed over the parallel envs. `batch_size` must divide `num_envs * n_steps` (SB3 would allow a
+  short last minibatch; a jitted loop needs equal ones): `check_env`."""
 
-  env_id: str = "FetchReachDense-v4"
-  num_envs: int = 8
   n_steps: int = 1024                 # per env per rollout
   batch_size: int = 256               # minibatch size
   n_epochs: int = 10
@@ -63,35 +62,39 @@ class PPOConfig:
   normalize_advantage: bool = True    # per minibatch
   normalize_obs: bool = False         # VecNormalize(norm_obs=True, norm_reward=False); off in every book run
   clip_obs: float = 10.0              # VecNormalize default
-  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx", "warp"
 
   def __post_init__(self):
     if self.activation not in _ACTIVATIONS:
       raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-    configs.check_ints(self, positive=("num_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"))
-    if self.rollout_size % self.batch_size:
-      raise ValueError(f"batch_size {self.batch_size} must divide num_envs * n_steps = {self.rollout_size}")
+    configs.check_ints(self, positive=("n_steps", "batch_size", "n_epochs", "total_timesteps"))
     object.__setattr__(self, "hidden_sizes", configs.layer_sizes(self.hidden_sizes))
 
-  @property
-  def rollout_size(self) -> int:
-    return self.num_envs * self.n_steps
+  def check_env(self, num_envs: int) -> None:
+    """What the config requires of the env it trains on (ValueError)."""
+    if self.rollout_size(num_envs) % self.batch_size:
+      raise ValueError(f"batch_size {self.batch_size} must divide num_envs * n_steps = {self.rollout_size(num_envs)}")
 
-  @property
-  def num_minibatches(self) -> int:
-    return self.rollout_size // self.batch_size
+  def rollout_size(self, num_envs: int) -> int:
+    """Env transitions per seed per update."""
+    return num_envs * self.n_steps
 
-  @property
-  def num_updates(self) -> int:
+  def num_minibatches(self, num_envs: int) -> int:
+    return self.rollout_size(num_envs) // self.batch_size
+
+  def num_updates(self, num_envs: int) -> int:
     """SB3 `learn` collects whole rollouts while `num_timesteps < total_timesteps`."""
-    return -(-self.total_timesteps // self.rollout_size)
+    return -(-self.total_timesteps // self.rollout_size(num_envs))
 
 
 PRESETS: dict[str, PPOConfig] = {
     # Book ch3: 8 envs x 1024 steps, minibatch 256, 10 epochs; fast path 500k steps.
     "book": PPOConfig(),
     # Many MJX envs on an accelerator: same per-update data budget per gradient step scaled up (NOT tuned).
-    "gpu": PPOConfig(num_envs=1024, n_steps=64, batch_size=4096, total_timesteps=2_000_000, backend="auto"),
+    "gpu": PPOConfig(n_steps=64, batch_size=4096, total_timesteps=2_000_000),
+}
+ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the CLI's --env picks the task)
+    "book": EnvConfig("FetchReachDense-v4", num_envs=8),
+    "gpu": EnvConfig("FetchReachDense-v4", num_envs=1024),
 }
 
 
@@ -275,13 +278,12 @@ def make_learner(config: PPOConfig, action_size: int = 4):
   return net, tx, loss_fn
 
 
-def make_train(config: PPOConfig, env=None) -> Callable[[jax.Array], tuple[TrainState, dict]]:
-  """Builds the env (unless given) and returns `train(key) -> (TrainState, metrics)`, the whole run as one
-  program; metrics as in `make_runner`."""
+def make_train(config: PPOConfig, env) -> Callable[[jax.Array], tuple[TrainState, dict]]:
+  """`train(key) -> (TrainState, metrics)`, the whole run on `env` as one program; metrics as in `make_runner`."""
   init, run = make_runner(config, env)
 
   def train(key):
-    runner, metrics = run(init(key), config.num_updates)
+    runner, metrics = run(init(key), config.num_updates(env.num_envs))
     return runner.train_state, metrics
 
   return train
@@ -341,7 +343,7 @@ def make_collector(config: PPOConfig, env):
   return collect
 
 
-def make_runner(config: PPOConfig, env=None):
+def make_runner(config: PPOConfig, env):
   """Returns `(init, run)`: `init(key) -> RunnerState` and `run(runner, n) -> (RunnerState, metrics)`, which does
   `n` (static) updates. Splitting a run into chunks gives the same bits as one `train` (the CLI logs,
   checkpoints and resumes between chunks); both are pure and vmap over seeds. Each update collects a rollout
@@ -354,8 +356,9 @@ def make_runner(config: PPOConfig, env=None):
     explained_variance, std (mean exp(log_std)).
   """
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  obs_size = flat_size(env)
+  c.check_env(env.num_envs)
+  rollout_size, num_minibatches = c.rollout_size(env.num_envs), c.num_minibatches(env.num_envs)
+  obs_size = sum(spec.shape[-1] for spec in env.observation_spec.values())  # of flatten_obs
   net, tx, loss_fn = make_learner(c, env.action_size)
   collect = make_collector(c, env)
 
@@ -368,13 +371,13 @@ def make_runner(config: PPOConfig, env=None):
     env_state = env.reset(k_env)
     rms = update_rms(RunningMeanStd.create(obs_size), env_state.obs)  # VecNormalize.reset updates the stats
     ts = TrainState(params, tx.init(params), rms, key, jnp.zeros((), jnp.int32))
-    return RunnerState(ts, env_state, jnp.zeros(c.num_envs))
+    return RunnerState(ts, env_state, jnp.zeros(env.num_envs))
 
   def sgd_epoch(carry, _):
     ts, batch = carry
     key, k_perm = jax.random.split(ts.key)
-    perm = jax.random.permutation(k_perm, c.rollout_size)  # SB3 reshuffles the whole buffer every epoch
-    mbs = jax.tree.map(lambda x: x[perm].reshape((c.num_minibatches, c.batch_size) + x.shape[1:]), batch)
+    perm = jax.random.permutation(k_perm, rollout_size)  # SB3 reshuffles the whole buffer every epoch
+    mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, c.batch_size) + x.shape[1:]), batch)
 
     def sgd_step(ts, mb):
       tr, adv, ret = mb
@@ -388,14 +391,14 @@ def make_runner(config: PPOConfig, env=None):
   def update(carry, _):
     runner, ro = collect(RunnerState(*carry))
     ts, env_state, ep_ret, traj = runner.train_state, runner.env_state, runner.ep_ret, ro.traj
-    flat = jax.tree.map(lambda x: x.reshape((c.rollout_size,) + x.shape[2:]), (traj, ro.advantages, ro.returns))
+    flat = jax.tree.map(lambda x: x.reshape((rollout_size,) + x.shape[2:]), (traj, ro.advantages, ro.returns))
     (ts, _), info = jax.lax.scan(sgd_epoch, (ts, flat), None, c.n_epochs)  # info: [epochs, minibatches]
 
     n_done = traj.done.sum()
     log_std = ts.params["params"]["log_std"]
     metrics = {k: v.mean() for k, v in info.items() if k not in ("approx_kl", "loss")}
     metrics.update(
-        timesteps=(ts.step + 1) * c.rollout_size,
+        timesteps=(ts.step + 1) * rollout_size,
         ep_rew_mean=jnp.where(n_done > 0, traj.ep_return.sum() / jnp.maximum(n_done, 1), jnp.nan),
         success_rate=jnp.where(n_done > 0, traj.success.sum() / jnp.maximum(n_done, 1), jnp.nan),
         entropy_loss=-info["entropy"].mean(),
@@ -440,7 +443,7 @@ def tb_constants(config: PPOConfig) -> dict[str, float]:
   return {"train/learning_rate": config.learning_rate, "train/clip_range": config.clip_range}
 
 
-def policy_of(runner) -> dict:
+def policy_of(config: PPOConfig, runner) -> dict:
   """What acting needs from a (possibly vmapped, possibly raw-restored dict) RunnerState."""
   ts = runner["train_state"] if isinstance(runner, dict) else runner.train_state
   params, rms = (ts["params"], ts["obs_rms"]) if isinstance(ts, dict) else (ts.params, ts.obs_rms)
@@ -451,10 +454,15 @@ def policy_of(runner) -> dict:
 
 def make_act(config: PPOConfig):
   """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic (clipped mean) when key is None."""
-  return lambda policy, obs, key=None: policy_action(policy["params"], obs, config, policy["obs_rms"], key)
+  def act(policy, obs, key=None):
+    rms = policy["obs_rms"]
+    rms = RunningMeanStd(**rms) if isinstance(rms, dict) else rms  # a policy read back from a checkpoint
+    return policy_action(policy["params"], obs, config, rms, key)
+
+  return act
 
 
-__all__ = ["PPOConfig", "PRESETS", "TB_NAMES", "tb_constants", "policy_of", "make_act", "ActorCritic",
+__all__ = ["PPOConfig", "PRESETS", "ENV_PRESETS", "TB_NAMES", "tb_constants", "policy_of", "make_act", "ActorCritic",
            "RunningMeanStd", "TrainState", "Transition", "Rollout", "RunnerState", "compute_gae",
            "bootstrap_truncation", "clipped_surrogate", "value_loss", "normalize_advantages", "explained_variance",
            "make_train", "make_learner", "make_runner", "make_collector", "policy_action"]

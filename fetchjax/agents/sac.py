@@ -3,8 +3,9 @@ the gradient step (`make_learner`); the replay/update loop around it is `offpoli
 (`make_runner(config) -> (init, run)`, one iteration = one 50-step episode of every env).
 
 SB3 details kept on purpose (they change results):
-- policy input = `[achieved_goal, desired_goal, observation]` (MultiInputPolicy, sorted keys;
-  `observations.flatten_obs`);
+- policy input = the goal dict through the config's `encoder` (default "flat": `[achieved_goal, desired_goal,
+  observation]`, MultiInputPolicy's sorted keys), owned by actor and critic each ("separate", SB3's default) or
+  by the critic only ("critic", book ch9; `nets.ROUTINGS`);
 - actor: MLP (ReLU after every hidden layer) -> `mu` and `log_std` heads, log_std clipped to [-20, 2]; tanh
   squashing with the log-prob correction `sum log(1 - tanh(u)^2 + 1e-6)`; deterministic action = tanh(mu);
 - twin critics Q_i(concat(obs, action)) with their own trunks, target critics Polyak-averaged (tau) every
@@ -31,12 +32,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax import envs
+from fetchjax import encoders
+from fetchjax.envs.config import EnvConfig
+from fetchjax.agents import nets
 from fetchjax.agents.configs import parse_ent_coef
 from fetchjax.agents.nets import MLP, DoubleCritic, TorchDense, gaussian_log_prob
-from fetchjax.agents.observations import flat_size, flatten_obs
-from fetchjax.agents.offpolicy import (Batch, EpisodeIterations, Learner, check_offpolicy, critic_step,
-                                       make_offpolicy_runner, polyak, whole_run)
+from fetchjax.agents.offpolicy import (Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
+                                       critic_step, make_offpolicy_runner, network_spec, obs_zeros, polyak,
+                                       whole_run)
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0   # SB3 sac/policies.py
 SQUASH_EPS = 1e-6                       # SB3 SquashedDiagGaussianDistribution epsilon
@@ -51,8 +54,6 @@ class SACConfig(EpisodeIterations):
   counts are env transitions summed over the parallel envs; `train_freq` counts vectorised steps (SB3: with
   num_envs envs, one `env.step` of all envs then `gradient_steps` updates -> 1 update per 8 transitions)."""
 
-  env_id: str = "FetchReachDense-v4"
-  num_envs: int = 8
   total_timesteps: int = 1_000_000
   buffer_size: int = 1_000_000        # transitions (rounded down to whole episodes by the buffer)
   batch_size: int = 256
@@ -70,7 +71,10 @@ class SACConfig(EpisodeIterations):
   n_sampled_goal: int = 4             # HER k: her_ratio = 1 - 1/(k+1)
   goal_selection_strategy: str = "future"
   adam_eps: float = 1e-8              # torch.optim.Adam default
-  backend: str = "auto"               # fetchjax env backend: "auto", "cpu", "mjx"
+  encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
+  encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
+  frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
+  drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
 
   def __post_init__(self):
     check_offpolicy(self, positive=("target_update_interval",))
@@ -87,14 +91,19 @@ PRESETS: dict[str, SACConfig] = {
     # Book ch4: SB3 SAC MultiInputPolicy on FetchReachDense-v4, 8 envs, UTD 1/8, 1M steps.
     "book": SACConfig(),
     # Book ch5 SAC+HER on sparse Reach: gamma 0.95, learning_starts 1000, ent_coef auto, future k=4.
-    "book_her": SACConfig(env_id="FetchReach-v4", gamma=0.95, learning_starts=1_000, her=True),
+    "book_her": SACConfig(gamma=0.95, learning_starts=1_000, her=True),
     # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
-    "book_her_push": SACConfig(env_id="FetchPush-v4", gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05,
-                               total_timesteps=2_000_000),
+    "book_her_push": SACConfig(gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05, total_timesteps=2_000_000),
     # Many MJX envs on an accelerator (NOT tuned): 512 envs, 8 gradient steps of 1024 per vectorised step
     # (UTD 1/64, each transition replayed ~16 times vs ~32 in the book), SAC+HER on sparse Reach.
-    "gpu": SACConfig(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     learning_starts=10_000, her=True, total_timesteps=5_000_000, backend="auto"),
+    "gpu": SACConfig(batch_size=1024, gradient_steps=8, gamma=0.95, learning_starts=10_000, her=True,
+                     total_timesteps=5_000_000),
+}
+ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the CLI's --env picks the task)
+    "book": EnvConfig("FetchReachDense-v4", num_envs=8),
+    "book_her": EnvConfig("FetchReach-v4", num_envs=8),
+    "book_her_push": EnvConfig("FetchPush-v4", num_envs=8),
+    "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 
 
@@ -102,12 +111,16 @@ PRESETS: dict[str, SACConfig] = {
 # Networks (SB3 SAC/TD3 policies, PyTorch default init)
 # ----------------------------------------------------------------------------------------------------------
 class Actor(nn.Module):
-  """SB3 SAC `Actor`: latent_pi MLP -> (mu, log_std clipped to [-20, 2])."""
+  """SB3 SAC `Actor`: [encoder ->] latent_pi MLP -> (mu, log_std clipped to [-20, 2]). `encoder` None: the input
+  is features already (the critic routing)."""
   action_size: int
   hidden_sizes: Sequence[int] = (256, 256)
+  encoder: nn.Module | None = None
 
   @nn.compact
   def __call__(self, x):
+    if self.encoder is not None:
+      x = self.encoder(x)
     latent = MLP(self.hidden_sizes, name="latent_pi")(x)
     mean = TorchDense(self.action_size, name="mu")(latent)
     log_std = TorchDense(self.action_size, name="log_std")(latent)
@@ -165,14 +178,23 @@ def ent_coef_loss_fn(log_ent_coef, log_prob, target_entropy):
   return -jnp.mean(log_ent_coef * jax.lax.stop_gradient(log_prob + target_entropy))
 
 
-def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Learner:
+def networks(config: SACConfig, action_size: int = 4) -> tuple[Actor, DoubleCritic]:
+  """The actor and twin critic of `config`, each with the encoder it owns under `config.encoder_routing`."""
+  enc = encoders.make(config.encoder)
+  actor_enc = enc if nets.actor_owns_encoder(config.encoder_routing) else None
+  return Actor(action_size, config.hidden_sizes, actor_enc), DoubleCritic(config.hidden_sizes, enc)
+
+
+def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Learner:
   """The SAC learner. `learner.update(ts, batch, key, grad_step)` is exactly one gradient step of SB3's
   `SAC.train()` (grad_step = its index within the train() call, for target_update_interval);
   `learner.update_with_noise(ts, batch, noise_pi, noise_next, grad_step)` is the same step with the standard
-  normal pre-squash noise for the actions on s and on s' given explicitly (what the SB3 parity tests drive)."""
+  normal pre-squash noise for the actions on s and on s' given explicitly (what the SB3 parity tests drive).
+  `obs_spec`: {key: shape/dtype of one env's observation} (`her.spec_of(env_state.obs)`)."""
   c = config
-  actor = Actor(action_size, c.hidden_sizes)
-  critic = DoubleCritic(c.hidden_sizes)
+  encoders.check_inputs(c.encoder, obs_spec)
+  actor, critic = networks(c, action_size)
+  actor_in = nets.actor_input(critic, c.encoder_routing)
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
   actor_tx, critic_tx, ent_tx = adam(), adam(), adam()
   auto, alpha0 = parse_ent_coef(c.ent_coef)
@@ -181,8 +203,9 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
   def init(key):
     k_actor, k_critic = jax.random.split(key)
-    actor_params = actor.init(k_actor, jnp.zeros((1, obs_size)))
-    critic_params = critic.init(k_critic, jnp.zeros((1, obs_size)), jnp.zeros((1, action_size)))
+    obs = obs_zeros(obs_spec)
+    critic_params = critic.init(k_critic, obs, jnp.zeros((1, action_size)))
+    actor_params = actor.init(k_actor, actor_in(critic_params, obs))
     log_ent_coef = jnp.full((1,), math.log(alpha0), jnp.float32)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(actor_params, critic_params, critic_params, log_ent_coef, actor_tx.init(actor_params),
@@ -190,11 +213,11 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
 
   def update_with_noise(ts: TrainState, batch: Batch, noise_pi, noise_next, grad_step):
     # 1. actions and log-probs of the current actor on s (reused by the alpha and actor losses)
-    def policy(actor_params, obs, noise):
-      mean, log_std = actor.apply(actor_params, obs)
+    def policy(actor_params, critic_params, obs, noise):
+      mean, log_std = actor.apply(actor_params, actor_in(critic_params, obs))
       return sample_squashed(mean, log_std, noise)
 
-    _, log_prob = policy(ts.actor_params, batch.obs, noise_pi)
+    _, log_prob = policy(ts.actor_params, ts.critic_params, batch.obs, noise_pi)
     # 2. entropy coefficient: loss and step; alpha from BEFORE the step is used below
     if auto:
       ent_coef = jnp.exp(ts.log_ent_coef[0])
@@ -205,7 +228,7 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
       ent_coef = jnp.asarray(alpha0, jnp.float32)
       ent_loss, ent_opt_state, log_ent_coef = jnp.asarray(jnp.nan, jnp.float32), ts.ent_opt_state, ts.log_ent_coef
     # 3. soft target from the current actor on s' and the target critics
-    next_action, next_log_prob = policy(ts.actor_params, batch.next_obs, noise_next)
+    next_action, next_log_prob = policy(ts.actor_params, ts.critic_params, batch.next_obs, noise_next)
     nq1, nq2 = critic.apply(ts.target_critic_params, batch.next_obs, next_action)
     next_q = jnp.minimum(nq1, nq2) - ent_coef * next_log_prob
     target_q = jax.lax.stop_gradient(batch.reward + (1.0 - batch.done) * c.gamma * next_q)
@@ -214,9 +237,10 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
     critic_loss, (q1, q2), critic_params, critic_opt_state = critic_step(
         critic, critic_tx, critic_loss_fn, ts.critic_params, ts.critic_opt_state, batch, target_q)
 
-    # 5. actor loss with the UPDATED critics (same noise -> the same actions_pi / log_prob as step 1) and step
+    # 5. actor loss with the UPDATED critics (same noise -> the same actions_pi / log_prob as step 1) and step;
+    #    gradients w.r.t. the actor's own parameters only (a critic-owned encoder is not among them)
     def a_loss(actor_params):
-      a_pi, lp = policy(actor_params, batch.obs, noise_pi)
+      a_pi, lp = policy(actor_params, critic_params, batch.obs, noise_pi)
       q1_pi, q2_pi = critic.apply(critic_params, batch.obs, a_pi)
       return jnp.mean(ent_coef * lp - jnp.minimum(q1_pi, q2_pi))
 
@@ -243,7 +267,7 @@ def make_learner(config: SACConfig, obs_size: int, action_size: int = 4) -> Lear
                              grad_step)
 
   def explore(ts, obs, key):
-    mean, log_std = actor.apply(ts.actor_params, obs)
+    mean, log_std = actor.apply(ts.actor_params, actor_in(ts.critic_params, obs))
     return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
 
   names = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "q1_mean", "q2_mean", "q_min_mean",
@@ -261,7 +285,7 @@ TB_NAMES = {  # fetchjax metric -> SB3 logger key (replay/* as the book's SACDia
 }
 
 
-def make_runner(config: SACConfig, env=None):
+def make_runner(config: SACConfig, env):
   """Returns `(init, run)`: `init(key) -> RunnerState`, `run(runner, n) -> (RunnerState, metrics)` doing `n`
   (static) iterations (= episodes of all envs, `config.rollout_size` transitions each) in one `lax.scan`. Both
   are pure and vmap over seeds; chunks give the same bits as one long run.
@@ -273,20 +297,21 @@ def make_runner(config: SACConfig, env=None):
   target_q_mean, reward_mean (sampled, after relabelling); n_updates (cumulative gradient steps), train_calls.
   """
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  return make_offpolicy_runner(c, env, make_learner(c, flat_size(env), env.action_size))
+  return make_offpolicy_runner(c, env, make_learner(c, network_spec(c, env.observation_spec), env.action_size))
 
 
-def make_train(config: SACConfig, env=None):
-  return whole_run(*make_runner(config, env), config.num_updates)
+def make_train(config: SACConfig, env):
+  return whole_run(*make_runner(config, env), config.num_updates(env.num_envs))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Acting
 # ----------------------------------------------------------------------------------------------------------
-def policy_action(actor_params, obs: dict, config: SACConfig, key=None):
-  """tanh(mean) (SB3 `predict(deterministic=True)`) or a squashed-Gaussian sample."""
-  mean, log_std = Actor(4, config.hidden_sizes).apply(actor_params, flatten_obs(obs))
+def policy_action(policy: dict, obs: dict, config: SACConfig, key=None):
+  """tanh(mean) (SB3 `predict(deterministic=True)`) or a squashed-Gaussian sample; `policy` from
+  `offpolicy.policy_of`."""
+  actor, critic = networks(config)
+  mean, log_std = actor.apply(policy["actor_params"], acting_input(config, critic, policy, obs))
   if key is None:
     return jnp.tanh(mean)
   return jnp.tanh(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape))
@@ -294,9 +319,9 @@ def policy_action(actor_params, obs: dict, config: SACConfig, key=None):
 
 def make_act(config: SACConfig):
   """`act(policy, obs, key=None) -> action` in [-1, 1]: deterministic tanh(mean) when key is None."""
-  return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
+  return lambda policy, obs, key=None: policy_action(policy, obs, config, key)
 
 
-__all__ = ["SACConfig", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
-           "policy_action", "TrainState", "Actor", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed",
+__all__ = ["SACConfig", "PRESETS", "ENV_PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+           "policy_action", "networks", "TrainState", "Actor", "squashed_log_prob", "log1m_tanh_sq", "sample_squashed",
            "critic_loss_fn", "ent_coef_loss_fn"]

@@ -26,19 +26,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fetchjax import envs
+from fetchjax import encoders
+from fetchjax.envs.config import EnvConfig
+from fetchjax.agents import nets
 from fetchjax.agents.nets import MLP, DoubleCritic
-from fetchjax.agents.observations import flat_size, flatten_obs
-from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, check_offpolicy, critic_step,
-                                       make_offpolicy_runner, polyak, whole_run)
+from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
+                                       critic_step, make_offpolicy_runner, network_spec, obs_zeros, polyak,
+                                       whole_run)
 
 
 @dataclasses.dataclass(frozen=True)
 class TD3Config(EpisodeIterations):
   """SB3 `TD3` arguments (defaults = the book's `train.py --algo td3` on FetchReachDense-v4)."""
 
-  env_id: str = "FetchReachDense-v4"
-  num_envs: int = 8
   total_timesteps: int = 1_000_000
   buffer_size: int = 1_000_000
   batch_size: int = 256
@@ -57,7 +57,10 @@ class TD3Config(EpisodeIterations):
   n_sampled_goal: int = 4
   goal_selection_strategy: str = "future"
   adam_eps: float = 1e-8
-  backend: str = "auto"
+  encoder: str = "flat"               # fetchjax.encoders.make(name): what the networks read the goal dict through
+  encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
+  frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
+  drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
 
   def __post_init__(self):
     check_offpolicy(self, positive=("policy_delay",))
@@ -68,16 +71,29 @@ class TD3Config(EpisodeIterations):
 
 PRESETS: dict[str, TD3Config] = {
     "book": TD3Config(),
-    "book_her": TD3Config(env_id="FetchReach-v4", her=True),
-    "her": TD3Config(env_id="FetchReach-v4", her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
-    "gpu": TD3Config(env_id="FetchReach-v4", num_envs=512, batch_size=1024, gradient_steps=8, gamma=0.95,
-                     her=True, action_noise_sigma=0.1, total_timesteps=5_000_000, backend="auto"),
+    "book_her": TD3Config(her=True),
+    "her": TD3Config(her=True, gamma=0.95, learning_starts=1_000, action_noise_sigma=0.1),
+    "gpu": TD3Config(batch_size=1024, gradient_steps=8, gamma=0.95, her=True, action_noise_sigma=0.1,
+                     total_timesteps=5_000_000),
+}
+ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the CLI's --env picks the task)
+    "book": EnvConfig("FetchReachDense-v4", num_envs=8),
+    "book_her": EnvConfig("FetchReach-v4", num_envs=8),
+    "her": EnvConfig("FetchReach-v4", num_envs=8),
+    "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 
 
-def Actor(action_size: int, hidden_sizes=(400, 300)):
-  """SB3 TD3 `Actor.mu`: create_mlp(..., squash_output=True) = [Linear, ReLU]* -> Linear -> Tanh."""
-  return MLP(tuple(hidden_sizes), action_size, squash=True)
+def Actor(action_size: int, hidden_sizes=(400, 300), encoder=None):
+  """SB3 TD3 `Actor.mu`: [encoder ->] create_mlp(..., squash_output=True) = [Linear, ReLU]* -> Linear -> Tanh."""
+  return MLP(tuple(hidden_sizes), action_size, squash=True, encoder=encoder)
+
+
+def networks(config: TD3Config, action_size: int = 4):
+  """The actor and twin critic of `config`, each with the encoder it owns under `config.encoder_routing`."""
+  enc = encoders.make(config.encoder)
+  actor_enc = enc if nets.actor_owns_encoder(config.encoder_routing) else None
+  return Actor(action_size, config.hidden_sizes, actor_enc), DoubleCritic(config.hidden_sizes, enc)
 
 
 @flax.struct.dataclass
@@ -99,20 +115,23 @@ def critic_loss_fn(q_values, target_q):
   return sum(jnp.mean(jnp.square(q - target_q)) for q in q_values)
 
 
-def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Learner:
+def make_learner(config: TD3Config, obs_spec: dict, action_size: int = 4) -> Learner:
   """`update(ts, batch, key, grad_step)` = one gradient step of SB3 `TD3.train()`; `update_with_noise(ts, batch,
-  noise, grad_step)` takes the standard normal target-smoothing noise [B, A] explicitly (parity tests)."""
+  noise, grad_step)` takes the standard normal target-smoothing noise [B, A] explicitly (parity tests).
+  `obs_spec`: {key: shape/dtype of one env's observation}."""
   c = config
-  actor = Actor(action_size, c.hidden_sizes)
-  critic = DoubleCritic(c.hidden_sizes)
+  encoders.check_inputs(c.encoder, obs_spec)
+  actor, critic = networks(c, action_size)
+  actor_in = nets.actor_input(critic, c.encoder_routing)
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
   actor_tx, critic_tx = adam(), adam()
 
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
   def init(key):
     k_actor, k_critic = jax.random.split(key)
-    actor_params = actor.init(k_actor, jnp.zeros((1, obs_size)))
-    critic_params = critic.init(k_critic, jnp.zeros((1, obs_size)), jnp.zeros((1, action_size)))
+    obs = obs_zeros(obs_spec)
+    critic_params = critic.init(k_critic, obs, jnp.zeros((1, action_size)))
+    actor_params = actor.init(k_actor, actor_in(critic_params, obs))
     zero = jnp.zeros((), jnp.int32)
     return TrainState(actor_params, critic_params, actor_params, critic_params, actor_tx.init(actor_params),
                       critic_tx.init(critic_params), key, zero, zero, zero)
@@ -120,7 +139,8 @@ def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Lear
   def update_with_noise(ts: TrainState, batch: Batch, noise, grad_step=0):
     n_updates = ts.n_updates + 1
     smoothing = jnp.clip(c.target_policy_noise * noise, -c.target_noise_clip, c.target_noise_clip)
-    next_action = jnp.clip(actor.apply(ts.target_actor_params, batch.next_obs) + smoothing, -1.0, 1.0)
+    next_in = actor_in(ts.critic_params, batch.next_obs)
+    next_action = jnp.clip(actor.apply(ts.target_actor_params, next_in) + smoothing, -1.0, 1.0)
     nq1, nq2 = critic.apply(ts.target_critic_params, batch.next_obs, next_action)
     target_q = jax.lax.stop_gradient(batch.reward + (1.0 - batch.done) * c.gamma * jnp.minimum(nq1, nq2))
 
@@ -130,7 +150,8 @@ def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Lear
 
     def actor_step(ts):
       def a_loss(actor_params):
-        q1_pi, _ = critic.apply(ts.critic_params, batch.obs, actor.apply(actor_params, batch.obs))
+        a_pi = actor.apply(actor_params, actor_in(ts.critic_params, batch.obs))
+        q1_pi, _ = critic.apply(ts.critic_params, batch.obs, a_pi)
         return -jnp.mean(q1_pi)
 
       loss, g = jax.value_and_grad(a_loss)(ts.actor_params)
@@ -152,36 +173,38 @@ def make_learner(config: TD3Config, obs_size: int, action_size: int = 4) -> Lear
     return update_with_noise(ts, batch, jax.random.normal(key, batch.action.shape), grad_step)
 
   def explore(ts, obs, key):
-    return actor.apply(ts.actor_params, obs)  # action noise, if any, is added by the loop
+    return actor.apply(ts.actor_params, actor_in(ts.critic_params, obs))  # action noise, if any, is added by the loop
 
   names = ("critic_loss", "actor_loss", "q1_mean", "q2_mean", "q_min_mean", "target_q_mean", "reward_mean")
   return Learner(actor, critic, actor_tx, critic_tx, optax.identity(), init, update, update_with_noise, explore,
                  names, {"actor_loss": "actor_updated"})
 
 
-def make_runner(config: TD3Config, env=None):
+def make_runner(config: TD3Config, env):
   """`(init, run)` as `sac.make_runner` (same RunnerState layout and metrics, minus the entropy ones; actor_loss
   is averaged over the delayed actor updates only)."""
   c = config
-  env = env or envs.make(c.env_id, num_envs=c.num_envs, backend=c.backend)
-  return make_offpolicy_runner(c, env, make_learner(c, flat_size(env), env.action_size), c.action_noise_sigma)
+  learner = make_learner(c, network_spec(c, env.observation_spec), env.action_size)
+  return make_offpolicy_runner(c, env, learner, c.action_noise_sigma)
 
 
-def make_train(config: TD3Config, env=None):
-  return whole_run(*make_runner(config, env), config.num_updates)
+def make_train(config: TD3Config, env):
+  return whole_run(*make_runner(config, env), config.num_updates(env.num_envs))
 
 
-def policy_action(actor_params, obs: dict, config: TD3Config, key=None):
-  """actor(obs) (deterministic), plus the config's clipped Gaussian exploration noise when a key is given."""
-  a = Actor(4, config.hidden_sizes).apply(actor_params, flatten_obs(obs))
+def policy_action(policy: dict, obs: dict, config: TD3Config, key=None):
+  """actor(obs) (deterministic), plus the config's clipped Gaussian exploration noise when a key is given;
+  `policy` from `offpolicy.policy_of`."""
+  actor, critic = networks(config)
+  a = actor.apply(policy["actor_params"], acting_input(config, critic, policy, obs))
   if key is not None and config.action_noise_sigma > 0:
     a = jnp.clip(a + config.action_noise_sigma * jax.random.normal(key, a.shape), -1.0, 1.0)
   return a
 
 
 def make_act(config: TD3Config):
-  return lambda policy, obs, key=None: policy_action(policy["actor_params"], obs, config, key)
+  return lambda policy, obs, key=None: policy_action(policy, obs, config, key)
 
 
-__all__ = ["TD3Config", "PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
-           "policy_action", "TrainState", "Actor", "critic_loss_fn"]
+__all__ = ["TD3Config", "PRESETS", "ENV_PRESETS", "TB_NAMES", "make_runner", "make_train", "make_learner", "make_act",
+           "policy_action", "networks", "TrainState", "Actor", "critic_loss_fn"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fetchjax.envs import reference
+from fetchjax.envs.config import BACKENDS, EnvConfig
 from fetchjax.envs.tasks import TASKS, FetchTask
 
 # Light at import (`import fetchjax` imports this package for the gymnasium-robotics shim hook, reference.py):
@@ -15,9 +16,6 @@ def __getattr__(name):
 
     return getattr(importlib.import_module(f"fetchjax.envs.{_LAZY[name]}"), name)
   raise AttributeError(f"module 'fetchjax.envs' has no attribute {name!r}")
-
-BACKENDS = ("auto", "cpu", "mjx", "warp")
-
 
 def list_envs() -> list[str]:
   return sorted(TASKS)
@@ -89,5 +87,5 @@ def make(env_id: str, num_envs: int = 1, backend: str = "auto", physics: str = "
   return FetchEnv(task, num_envs, physics_backend)
 
 
-__all__ = ["FetchEnv", "FetchTask", "State", "TASKS", "compute_reward", "is_success", "list_envs", "make",
+__all__ = ["EnvConfig", "BACKENDS", "FetchEnv", "FetchTask", "State", "TASKS", "compute_reward", "is_success", "list_envs", "make",
            "mat2euler", "default_backend", "choose_backend"]

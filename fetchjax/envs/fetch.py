@@ -64,6 +64,11 @@ class FetchEnv:
     return {"observation": self.task.obs_size, "achieved_goal": 3, "desired_goal": 3}
 
   @property
+  def observation_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of ONE env's observation, per key (what learners and replay buffers are built from)."""
+    return {k: jax.ShapeDtypeStruct((n,), jnp.float32) for k, n in self.observation_size.items()}
+
+  @property
   def max_episode_steps(self) -> int:
     return self.task.max_episode_steps
 
