@@ -26,7 +26,7 @@ import fetchjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
 import numpy as np
 
-from fetchjax import agents, checkpoints, compile_cache, envs, interrupts, runs
+from fetchjax import agents, checkpoints, compile_cache, devices, envs, interrupts, runs
 
 DEFAULT_ENV = "FetchReachDense-v4"
 
@@ -209,6 +209,7 @@ class Plan:
   video_episodes: int
   pause_at: int | None = None
   checkpoint_buffer: bool = True  # the replay buffer in checkpoints (exact resume) or not (smaller checkpoints)
+  devices: int | None = None      # local devices to shard the seeds over (None: as many as divide the seeds)
 
   @property
   def env_id(self) -> str:
@@ -238,9 +239,10 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
         raise ValueError(f"--total-steps {a.total_steps:,} is below the run's {meta['total_steps']:,}; "
                          "a resumed run can only be extended")
       config = dataclasses.replace(config, total_timesteps=a.total_steps)
+    devices.plan_devices(len(meta["seeds"]), jax.local_device_count(), a.devices)  # one-line errors, here
     plan = Plan(meta["algo"], env, meta["seeds"], config, meta.get("preset", "?"),
                 a.checkpoint_every or meta.get("checkpoint_every", 0), a.eval_episodes, a.video_episodes,
-                a.pause_at, meta.get("checkpoint_buffer", True))
+                a.pause_at, meta.get("checkpoint_buffer", True), a.devices)
     return rd, plan, meta
   algo = agents.get(a.algo)
   if a.env not in envs.list_envs():
@@ -278,11 +280,12 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   env = algo.env_preset(preset, env_id=a.env, **{k: v for k, v in env_flags.items() if v is not None})
   config.check_env(env.num_envs)
   run_dir = a.run_dir or f"runs/{a.algo}_{a.env}_{time.strftime('%Y%m%d-%H%M%S')}"
+  devices.plan_devices(len(seeds), jax.local_device_count(), a.devices)  # one-line errors, here
   keep_buffer = a.checkpoint_buffer != "off"
   if not keep_buffer and algo.drop_buffer is None:
     raise ValueError(f"--checkpoint-buffer off: --algo {a.algo} has no replay buffer")
   return runs.RunDir(run_dir), Plan(a.algo, env, seeds, config, preset, a.checkpoint_every or 0,
-                                    a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer), None
+                                    a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer, a.devices), None
 
 
 @dataclasses.dataclass
@@ -394,6 +397,8 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   init, run = algo.make_runner(cfg, plan.env.make())
   keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in plan.seeds])
   v_init = jax.jit(jax.vmap(init))
+  n_devices = devices.plan_devices(n_seeds, jax.local_device_count(), plan.devices)
+  sharding = devices.seed_sharding(n_devices)  # None on one device
   resumed_from = None
   if meta is None:  # fresh run
     backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
@@ -401,6 +406,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
                 n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
                 env_config=dataclasses.asdict(plan.env),
                 checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
+                devices=n_devices,
                 physics=PHYSICS_DESCRIPTION.get(backend, backend),
                 device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
                 command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
@@ -411,10 +417,10 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       say(f"note: {cfg.total_timesteps:,} steps is not a whole number of {per_update:,}-step iterations "
           f"({plan.env.num_envs} envs x {per_update // plan.env.num_envs} steps); training {num_updates * per_update:,} "
           "steps per seed")
-    session.progress = _Progress(v_init(keys), 0, np.zeros(0, np.int64), {})
+    session.progress = _Progress(devices.shard_seeds(v_init(keys), sharding), 0, np.zeros(0, np.int64), {})
     say(f"run directory {rd.path}: {plan.algo} on {plan.env_id}, seeds {plan.seeds}, {cfg.total_timesteps:,} "
         f"steps each, {plan.env.num_envs} envs, preset {plan.preset}, backend {meta['backend']}, "
-        f"device {meta['device']['kind']}")
+        f"device {meta['device']['kind']}" + (f" x {n_devices} (seeds sharded)" if n_devices > 1 else ""))
   else:
     target = jax.eval_shape(v_init, keys)
     if not plan.checkpoint_buffer:
@@ -426,6 +432,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       runner = jax.jit(jax.vmap(algo.fresh_buffer))(runner, v_init(keys))
       say("note: the run's checkpoints leave out the replay buffer (--checkpoint-buffer off): training resumes "
           "with an empty one, so this run no longer reproduces an uninterrupted one bit for bit")
+    runner = devices.shard_seeds(runner, sharding)
     done = int(np.asarray(runner.train_state.step).reshape(-1)[0])
     if done * per_update != ckpt_step:
       raise runs.RunError(f"checkpoint {ckpt_step} holds {done} updates, not {ckpt_step // per_update}")
@@ -436,6 +443,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
         say(f"a checkpoint newer than step {ckpt_step:,} was moved to {moved}")
       rd.save_metrics(session.progress.steps, session.progress.history)  # as the checkpoint has it
       meta = rd.update_meta(total_steps=cfg.total_timesteps, config=dataclasses.asdict(cfg), status="running",
+                            devices=n_devices,
                             compile_cache=compile_cache,
                             resumed_at=meta.get("resumed_at", []) + [dict(step=ckpt_step, at=runs.now())])
       session.started = True
@@ -520,7 +528,8 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
   report, meta = None, rd.read_meta()
   if plan.eval_episodes > 0:
     record = plan.video_episodes
-    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), algo.policy_of(cfg, runner), plan.seeds,
+    policies = jax.tree.map(np.asarray, algo.policy_of(cfg, runner))  # gathered: eval runs on one device
+    report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), policies, plan.seeds,
                                    plan.eval_episodes, 0, True, plan.env.backend,
                                    record=min(record, plan.eval_episodes))
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
@@ -600,6 +609,8 @@ def main(argv=None) -> int:
                  help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
                       "~/.cache/fetchjax/jax; off: none)")
   p.add_argument("--checkpoint-every", type=int, default=None, help="env steps per seed between checkpoints")
+  p.add_argument("--devices", type=int, default=None, metavar="N",
+                 help="local devices to shard the seeds over (default: all that divide the number of seeds)")
   p.add_argument("--checkpoint-buffer", choices=("on", "off"), default=None,
                  help="store the replay buffer in checkpoints (default on: resume is exact; off: much smaller "
                       "checkpoints, resume refills the buffer)")
@@ -617,10 +628,11 @@ def main(argv=None) -> int:
                    or a.her_strategy or a.ent_coef is not None or a.gamma is not None
                    or a.checkpoint_buffer is not None):
     p.error("--resume takes its settings from the run; only --step, --total-steps, --checkpoint-every, "
-            "--pause-at, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given with it")
+            "--pause-at, --devices, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given "
+            "with it")
   if a.step is not None and a.step < 0:
     p.error(f"--step must be >= 0, got {a.step}")
-  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads"):
+  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices"):
     v = getattr(a, name)
     if v is not None and v < 1:
       p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
