@@ -243,8 +243,8 @@ def test_sac_her_sparse_reach_across_seeds_vs_sb3():
   failed with 8 seeds), 16 seeds 0.964 and 0.939; over all 40 seeds on 3.17 mean 0.934 (sd 0.077), on 3.11
   0.956 over 24 (sd 0.048): no significant difference (Welch p 0.17); SB3 0.992 on both. Resampling the 40
   seeds measured on 3.17, a batch falls below the bar (SB3 - 0.1 = 0.89) 6.9% of the time with 8 seeds, 1.8%
-  with 16. fetchjax sits ~0.04 below SB3 on both versions, with a heavier low tail (a gap to look into, not
-  hidden by this bar)."""
+  with 16. fetchjax sits ~0.04 below SB3 on both versions, with a heavier low tail: the first 16-seed run (key
+  100, 2026-12-01) FAILED with mean 0.889, one seed at 0.125 (README Known issues; open)."""
   sb3 = pytest.importorskip("stable_baselines3")
   from stable_baselines3.common.callbacks import BaseCallback
 
