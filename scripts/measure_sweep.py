@@ -1,5 +1,6 @@
 """Cost of a sweep in one program vs one run: a P-point x S-seed grid (fetchjax.sweep) against the same algorithm,
-config and env trained once (one point, one seed), both compiled first, then timed over the same iterations.
+config and env trained once (one point, one seed, vmapped as the train CLI runs it), both compiled first, then
+timed over the same iterations.
 
     python scripts/measure_sweep.py [--algo sac] [--points 4] [--seeds 2] [--iterations 4] [--backend cpu]
 
@@ -59,9 +60,9 @@ def main(argv=None) -> int:
   n = a.iterations
   sweep_fn = jax.jit(jax.vmap(jax.vmap(lambda h, r: run(h, r, n)[1], (None, 0)), (0, 0)))
   sweep_s = timed(lambda r: sweep_fn(hp, r), runners, a.repeats)
-  one_init, one_run = algo.make_runner(config, env)
-  one = jax.jit(one_init)(keys[0])
-  one_fn = jax.jit(lambda r: one_run(r, n)[1])
+  one_init, one_run = algo.make_runner(config, env)  # one seed, vmapped as the train CLI runs it
+  one = jax.jit(jax.vmap(one_init))(keys[:1])
+  one_fn = jax.jit(jax.vmap(lambda r: one_run(r, n)[1]))
   one_s = timed(one_fn, one, a.repeats)
   runs_n = a.points * a.seeds
   print(json.dumps(dict(algo=a.algo, grid=pts, seeds=a.seeds, runs=runs_n, iterations=n, backend=env.backend_name,
