@@ -200,16 +200,24 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
   auto, alpha0 = parse_ent_coef(c.ent_coef)
   target_entropy = -float(action_size) if c.target_entropy == "auto" else float(c.target_entropy)
 
+  swept_alpha = not isinstance(alpha0, float)  # a fixed coefficient traced by fetchjax.sweep
+
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
-  def init(key):
+  def init_one(key):  # closes over no traced value (sequential_vmap cannot batch one)
     k_actor, k_critic = jax.random.split(key)
     obs = obs_zeros(obs_spec)
     critic_params = critic.init(k_critic, obs, jnp.zeros((1, action_size)))
     actor_params = actor.init(k_actor, actor_in(critic_params, obs))
-    log_ent_coef = jnp.full((1,), math.log(alpha0), jnp.float32)
+    log_ent_coef = jnp.full((1,), 0.0 if swept_alpha else math.log(alpha0), jnp.float32)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(actor_params, critic_params, critic_params, log_ent_coef, actor_tx.init(actor_params),
                       critic_tx.init(critic_params), ent_tx.init(log_ent_coef), key, zero, zero, zero)
+
+  def init(key):
+    ts = init_one(key)
+    if swept_alpha:  # unused by the fixed-coefficient update, stored as a run with that value stores it
+      ts = ts.replace(log_ent_coef=jnp.full((1,), jnp.log(alpha0), jnp.float32))
+    return ts
 
   def update_with_noise(ts: TrainState, batch: Batch, noise_pi, noise_next, grad_step):
     # 1. actions and log-probs of the current actor on s (reused by the alpha and actor losses)
