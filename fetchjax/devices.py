@@ -47,9 +47,3 @@ def shard_seeds(tree, sharding):
 
   return jax.device_put(tree, sharding)
 
-
-def per_device(tree) -> list[int]:
-  """How many addressable shards (devices) each leaf of `tree` lives on, deduplicated (a check for tests)."""
-  import jax
-
-  return sorted({len(leaf.addressable_shards) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "addressable_shards")})

@@ -14,7 +14,7 @@ import pytest
 from fetchjax import encoders
 from fetchjax.agents import her, nets, offpolicy, sac, td3
 
-SPEC = her.state_spec(10)
+from tests.test_sac import SPEC, _batch, _obs  # random Reach goal dicts and batches
 
 
 class DenseEncoder(nn.Module):
@@ -30,17 +30,6 @@ def dense_encoder(monkeypatch):
   real = encoders.make
   monkeypatch.setattr(encoders, "ENCODERS", (*encoders.ENCODERS, "dense"))
   monkeypatch.setattr(encoders, "make", lambda name: DenseEncoder() if name == "dense" else real(name))
-
-
-def _obs(key, n=32):
-  ks = jax.random.split(key, 3)
-  return {k: jax.random.normal(kk, (n, s.shape[0])) for kk, (k, s) in zip(ks, sorted(SPEC.items()))}
-
-
-def _batch(key, n=32):
-  k = jax.random.split(key, 4)
-  return offpolicy.Batch(_obs(k[0], n), jax.random.uniform(k[1], (n, 4), minval=-1, maxval=1),
-                         -(jax.random.uniform(k[2], (n,)) > 0.3).astype(jnp.float32), _obs(k[3], n), jnp.zeros(n))
 
 
 def _changed(a, b) -> bool:
@@ -61,7 +50,7 @@ def test_critic_routing_trains_the_encoder_by_the_critic_loss_only(dense_encoder
   assert "encoder" in ts.critic_params["params"] and "encoder" in ts.target_critic_params["params"]
   assert "encoder" not in str(jax.tree_util.tree_structure(ts.actor_params))
   assert "encoder" not in str(jax.tree_util.tree_structure(ts.actor_opt_state))
-  batch = _batch(jax.random.PRNGKey(1))
+  batch = _batch(jax.random.PRNGKey(1), 32)
   new, _ = jax.jit(learner.update)(ts, batch, jax.random.PRNGKey(2), 0)
   assert _changed(new.actor_params, ts.actor_params)
   enc = lambda p: p["params"]["encoder"]  # noqa: E731
@@ -95,7 +84,7 @@ def test_separate_routing_gives_each_network_its_own_encoder(dense_encoder):
   learner = sac.make_learner(cfg, SPEC, 4)
   ts = learner.init(jax.random.PRNGKey(0))
   a_enc, c_enc = ts.actor_params["params"]["encoder"], ts.critic_params["params"]["encoder"]
-  new, _ = jax.jit(learner.update)(ts, _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2), 0)
+  new, _ = jax.jit(learner.update)(ts, _batch(jax.random.PRNGKey(1), 32), jax.random.PRNGKey(2), 0)
   assert _changed(new.actor_params["params"]["encoder"], a_enc)   # trained by the actor loss
   assert _changed(new.critic_params["params"]["encoder"], c_enc)  # trained by the critic loss
   assert offpolicy.policy_of(cfg, offpolicy.RunnerState(new, None, None, None)).keys() == {"actor_params"}
@@ -109,7 +98,7 @@ def test_with_a_parameter_free_encoder_the_routings_compute_the_same_update(algo
   for routing in nets.ROUTINGS:
     learner = module.make_learner(config_cls(hidden_sizes=(16, 16), encoder_routing=routing), SPEC, 4)
     ts = learner.init(jax.random.PRNGKey(0))
-    new, info = jax.jit(learner.update)(ts, _batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2), 0)
+    new, info = jax.jit(learner.update)(ts, _batch(jax.random.PRNGKey(1), 32), jax.random.PRNGKey(2), 0)
     out.append(jax.tree.leaves((new, info)))
   for x, y in zip(*out):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

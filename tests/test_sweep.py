@@ -2,6 +2,8 @@
 a separate run with its values computes (to float rounding), and one-line errors for what cannot be swept."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -37,19 +39,13 @@ def _sweep_vs_runs(algo, config, env, grid, n_updates, seeds=(0, 1)):
   runners = jax.jit(jax.vmap(jax.vmap(init, (None, 0)), (0, None)))(hp, keys)
   _, swept = jax.jit(jax.vmap(jax.vmap(lambda h, r: run(h, r, n_updates), (None, 0)), (0, 0)))(hp, runners)
   for i, p in enumerate(pts):  # each point against its own separate run
-    one = dataclasses_replace(config, p)
+    one = dataclasses.replace(config, **p)
     a_init, a_run = algo.make_runner(one, env)
     _, alone = jax.jit(jax.vmap(lambda k: a_run(a_init(k), n_updates)))(keys)
     for k in ("ep_rew_mean", "success_rate", *[m for m in alone if "loss" in m]):
       np.testing.assert_allclose(np.asarray(swept[k][i]), np.asarray(alone[k]), rtol=2e-4, atol=2e-5,
                                  err_msg=f"{k} at {p}")
   return swept
-
-
-def dataclasses_replace(config, p):
-  import dataclasses
-
-  return dataclasses.replace(config, **p)
 
 
 def test_ppo_sweep_points_match_separate_runs():

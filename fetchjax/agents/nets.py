@@ -107,6 +107,16 @@ def actor_owns_encoder(routing: str) -> bool:
   return routing == "separate"
 
 
+def actor_and_critic(config, make_actor):
+  """An off-policy algorithm's actor (`make_actor(encoder or None)`) and twin critic, each with the encoder it
+  owns under `config.encoder_routing` (config.encoder, config.hidden_sizes)."""
+  from fetchjax import encoders
+
+  enc = encoders.make(config.encoder)
+  return make_actor(enc if actor_owns_encoder(config.encoder_routing) else None), DoubleCritic(config.hidden_sizes,
+                                                                                                enc)
+
+
 def actor_input(critic: DoubleCritic, routing: str):
   """`(critic_params, obs) -> what the actor module reads`: the observation dict itself when the actor owns its
   encoder; with the critic routing, the critic encoder's features with their gradient stopped (so the actor loss

@@ -180,9 +180,7 @@ def ent_coef_loss_fn(log_ent_coef, log_prob, target_entropy):
 
 def networks(config: SACConfig, action_size: int = 4) -> tuple[Actor, DoubleCritic]:
   """The actor and twin critic of `config`, each with the encoder it owns under `config.encoder_routing`."""
-  enc = encoders.make(config.encoder)
-  actor_enc = enc if nets.actor_owns_encoder(config.encoder_routing) else None
-  return Actor(action_size, config.hidden_sizes, actor_enc), DoubleCritic(config.hidden_sizes, enc)
+  return nets.actor_and_critic(config, lambda enc: Actor(action_size, config.hidden_sizes, enc))
 
 
 def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Learner:

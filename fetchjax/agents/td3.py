@@ -29,7 +29,7 @@ import optax
 from fetchjax import encoders
 from fetchjax.envs.config import EnvConfig
 from fetchjax.agents import nets
-from fetchjax.agents.nets import MLP, DoubleCritic
+from fetchjax.agents.nets import MLP
 from fetchjax.agents.offpolicy import (TB_NAMES, Batch, EpisodeIterations, Learner, acting_input, check_offpolicy,
                                        critic_step, make_offpolicy_runner, network_spec, obs_zeros, polyak,
                                        whole_run)
@@ -91,9 +91,7 @@ def Actor(action_size: int, hidden_sizes=(400, 300), encoder=None):
 
 def networks(config: TD3Config, action_size: int = 4):
   """The actor and twin critic of `config`, each with the encoder it owns under `config.encoder_routing`."""
-  enc = encoders.make(config.encoder)
-  actor_enc = enc if nets.actor_owns_encoder(config.encoder_routing) else None
-  return Actor(action_size, config.hidden_sizes, actor_enc), DoubleCritic(config.hidden_sizes, enc)
+  return nets.actor_and_critic(config, lambda enc: Actor(action_size, config.hidden_sizes, enc))
 
 
 @flax.struct.dataclass
