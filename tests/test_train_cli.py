@@ -249,19 +249,20 @@ def _assert_same_runs(a, b):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_resume_is_bitwise(tmp_path, backend, monkeypatch):
-  """A run paused after 2 of 4 updates and resumed (cpu), and one stopped by Ctrl-C right after its first
-  checkpoint and resumed (every backend), end with the same bits as the uninterrupted run (every leaf of the runner state, env state
-  included, and every metric)."""
+def test_resume_is_bitwise(tmp_path, tmp_path_factory, backend, monkeypatch):
+  """A run stopped by Ctrl-C right after its first checkpoint and resumed (every backend), and one paused after 2
+  of 4 updates and resumed (cpu), end with the same bits as the uninterrupted run (every leaf of the runner state,
+  env state included, and every metric). The uninterrupted 3-update run is `run2` (its eval and video come after
+  its last checkpoint): on mjx each CLI run costs ~40 s of tracing on 2 cores."""
   import os
   import signal
 
-  a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
   UPDATE = update(backend)  # noqa: N806
-  common = ["--seeds", "0-1", "--total-steps", str(4 * UPDATE), "--eval-episodes", "0", "--video-episodes", "0"]
   resume = ["--quiet", "--eval-episodes", "0", "--video-episodes", "0"]
-  assert _train(*common, "--run-dir", str(a), backend=backend) == 0
-  if backend == "cpu":  # --pause-at is backend-independent; on mjx each run costs ~40 s of tracing on 2 cores
+  if backend == "cpu":  # --pause-at is backend-independent
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--seeds", "0-1", "--total-steps", str(4 * UPDATE), "--eval-episodes", "0", "--video-episodes", "0"]
+    assert _train(*common, "--run-dir", str(a), backend=backend) == 0
     assert _train(*common, "--run-dir", str(b), "--pause-at", str(2 * UPDATE), backend=backend) == 0
     assert json.loads((b / "meta.json").read_text())["status"] == "paused"
     assert runs.RunDir(b).checkpoint_steps()[-1] == 2 * UPDATE
@@ -276,13 +277,15 @@ def test_resume_is_bitwise(tmp_path, backend, monkeypatch):
     if len(calls) == 1:
       os.kill(os.getpid(), signal.SIGINT)
 
+  uninterrupted, c = _run2(tmp_path_factory, backend), tmp_path / "c"
   monkeypatch.setattr(runs.RunDir, "save_checkpoint", save_then_ctrl_c)
-  assert _train(*common, "--run-dir", str(c), backend=backend) == 130
+  assert _train("--seeds", "0-1", "--total-steps", str(3 * UPDATE), "--eval-episodes", "0", "--video-episodes", "0",
+                "--run-dir", str(c), backend=backend) == 130
   monkeypatch.setattr(runs.RunDir, "save_checkpoint", real)
   meta = json.loads((c / "meta.json").read_text())
   assert meta["status"] == "interrupted" and runs.RunDir(c).checkpoint_steps() == [UPDATE]
   assert fj_train.main(["--resume", str(c), *resume]) == 0
-  _assert_same_runs(a, c)
+  assert _assert_same_runs(uninterrupted, c)[0] == 3 * UPDATE
 
 
 # SAC + HER through the same CLI: 2 envs x 50 steps per iteration, warm-up 100 steps, tiny nets.
