@@ -572,7 +572,8 @@ def _v1(x, critic, actor, q, steps, c):
   cl = _window_mean(critic, steps, PIX_WINDOW)
   qw, aw = _window_mean(q, steps, PIX_WINDOW), _window_mean(actor, steps, PIX_WINDOW)
   q_fail = q_all_failure(c["gamma"])
-  cond = (steps >= PIX_P1_STEPS) & (sr < PIX_FLAT) & (cl <= PIX_P1_CRITIC) & (cl <= PIX_P1_FALL * np.fmax.accumulate(cl))
+  fell = cl <= PIX_P1_FALL * np.fmax.accumulate(cl)
+  cond = (steps >= PIX_P1_STEPS) & (sr < PIX_FLAT) & (cl <= PIX_P1_CRITIC) & fell
   i = int(np.argmax(cond))
   return cond, cl, PIX_P1_CRITIC, lambda v: f"success {sr[i]:.3f} < {PIX_FLAT:g}, critic loss {v:.3g} (fell from " \
       f"{np.fmax.reduce(cl[:i + 1]):.3g}), q_min_mean {qw[i]:.2f} (all-failure value {q_fail:.2f} at γ " \
@@ -588,8 +589,8 @@ def _v2(x, critic, actor, steps, c):
   cond = was_flat & (sr >= PIX_FLAT)
   i = int(np.argmax(cond))
   return cond, sr, PIX_FLAT, lambda v: f"success {v:.3f} ≥ {PIX_FLAT:g}: onset at {steps[i]:,} steps (book Step 2: " \
-      f"~2.2M); critic loss {cl[i]:.3g} vs its minimum {np.fmin.reduce(cl[:i + 1]):.3g} so far (book: rising to 0.3+), " \
-      f"actor loss {aw[i]:.3g} (means over the last {PIX_WINDOW // 1000}k steps)"
+      f"~2.2M); critic loss {cl[i]:.3g} vs its minimum {np.fmin.reduce(cl[:i + 1]):.3g} so far (book: rising to " \
+      f"0.3+), actor loss {aw[i]:.3g} (means over the last {PIX_WINDOW // 1000}k steps)"
 
 
 def _v3(x, critic, steps, c):
@@ -715,8 +716,8 @@ def check_eval(report: dict) -> list[Finding]:
   return out
 
 
-__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "SAC_RULE_IDS", "TD3_RULE_IDS", "PIXEL_RULE_IDS", "RANDOM_RETURN",
-           "q_all_failure", "check_ppo",
+__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "SAC_RULE_IDS", "TD3_RULE_IDS", "PIXEL_RULE_IDS",
+           "RANDOM_RETURN", "q_all_failure", "check_ppo",
            "check_sac", "check_td3", "check_eval", "new_findings", "format_finding",
            "write_diagnostics", "rules_markdown"]
 
