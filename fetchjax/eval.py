@@ -7,7 +7,8 @@ Episode i starts from the object position and goal that CPU gymnasium-robotics s
 (`base = --seed`), so every model and every training seed is scored on the same 100 tasks as an SB3 `eval.py`
 run with `--seeds 0-99`. All training seeds of the run are evaluated in one vmapped program. Success is
 `is_success` at the final (50th) step. The do-nothing policy on the same tasks is reported as the trivial
-baseline p0 beside every result.
+baseline p0 beside every result. The env is the run's own (its EnvConfig: e.g. rendered pixels), and a policy
+trained on k-frame stacks acts on the same stacks here (`agents.frames`).
 """
 from __future__ import annotations
 
