@@ -213,3 +213,18 @@ def test_a_pixel_run_through_the_cli_trains_evaluates_resumes_and_loads(monkeypa
   err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
   assert len(err) == 1 and "encoder 'flat' reads the state vector(s) ['observation']" in err[0], err
   assert "--preset book_pixels" in err[0] and not (tmp_path / "flat").exists()
+
+
+def test_book_pixels_is_the_books_step2_on_ch5s_push_config():
+  from fetchjax import agents
+
+  algo = agents.get("sac")
+  c = algo.preset("book_pixels")
+  assert (c.encoder, c.encoder_routing, c.frame_stack, c.drq) == ("manipulation", "critic", 4, False)
+  assert (c.buffer_size, c.her, c.n_sampled_goal, c.total_timesteps) == (500_000, True, 8, 5_000_000)
+  push = algo.preset("book_her_push")                  # what ch9 does not state: ch5's Push run
+  for f in ("gamma", "ent_coef", "learning_starts", "batch_size", "learning_rate", "hidden_sizes", "tau"):
+    assert getattr(c, f) == getattr(push, f), f
+  assert algo.env_preset("book_pixels").env_id == "FetchPush-v4" and algo.env_preset("book_pixels").num_envs == 8
+  assert algo.frame_stack(c) == 4 and algo.pixel_needs(c) == ["encoder 'manipulation'", "frame_stack 4"]
+  assert agents.get("ppo").frame_stack(agents.get("ppo").preset("book")) == 1 and algo.pixel_needs(push) == []
