@@ -56,6 +56,17 @@ H4_MAX = -49.0
 PUSH_STUCK_STEPS, PUSH_STUCK_WINDOW, PUSH_STUCK_MAX, H1_ALPHA = 500_000, 100_000, 0.10, 0.1
 H10_SUCCESS_PP, H10_RETURN = 0.01, 1.0
 H11_ALPHA, H11_SUCCESS = 0.01, 0.1
+# Pixel runs (book ch9: SAC + HER on FetchPush from rendered frames; algorithms.md §5.5): a run whose encoder reads
+# pixels. Success is averaged over a window of steps (250 iterations x 8 envs = 2000 episodes per 100k steps): one
+# iteration's 8 episodes cannot tell the 3-7% plateau from 12%.
+PIX_WINDOW = 100_000
+PIX_FLAT = 0.10               # Phase 1 plateau 3-7%; Phase 2 ("10-90%") starts at 10%
+PIX_PHASE3 = 0.90             # Phase 3 (book: 95%+); Step 2's pass criterion is >= 0.90 at 5M
+PIX_P1_STEPS, PIX_P1_CRITIC, PIX_P1_FALL = 200_000, 0.10, 0.5
+PIX_ONSET_BY, PIX_FINAL_MIN = 3_000_000, 0.80   # "no hockey-stick by 3M or final < 80% -> investigate"
+PIX_DRQ_STEPS = 1_500_000     # Step 4 (DrQ on) was reported flat at 1.54M
+PIX_ROUTING_STEPS = 2_000_000  # Steps 0/1 (SB3 routing, NatureCNN / ManipulationCNN) were flat over 2M
+PIX_STATE_STEPS = 2_000_000   # the ch5 state Push run's budget: pixel cost = steps to Phase 3 / 2M (book 2.2x)
 # NaN in these is legitimate (no episode ended in the rollout; Var(returns) == 0), so only +-inf is flagged.
 NAN_OK = ("ep_rew_mean", "success_rate", "explained_variance")
 
@@ -140,12 +151,14 @@ RULES: dict[str, Rule] = {r.id: r for r in [
          "book ch4 SAC table"),
     Rule("H1", "Push stuck at ~5% with a large entropy coefficient", "rollout/success_rate, train/ent_coef",
          f"mean success_rate ≤ {PUSH_STUCK_MAX:g} over the last {PUSH_STUCK_WINDOW // 1000}k steps after "
-         f"{PUSH_STUCK_STEPS // 1000}k, with mean ent_coef > {H1_ALPHA:g} (book: milestones 5–40% by 500k)",
+         f"{PUSH_STUCK_STEPS // 1000}k, with mean ent_coef > {H1_ALPHA:g} (book: milestones 5–40% by 500k; state "
+         "runs: pixel runs plateau for ~2M steps, V1–V7)",
          "ent_coef auto or > 0.1", "fixed ent_coef 0.05 (--ent-coef 0.05, preset book_her_push); check her: true",
          "book ch5 HER table"),
     Rule("H2", "Push stuck at ~5% with a sane entropy coefficient", "rollout/success_rate",
          f"mean success_rate ≤ {PUSH_STUCK_MAX:g} over the last {PUSH_STUCK_WINDOW // 1000}k steps after "
-         f"{PUSH_STUCK_STEPS // 1000}k, ent_coef ≤ {H1_ALPHA:g} (or TD3)", "γ = 0.99, HER off, or too few steps",
+         f"{PUSH_STUCK_STEPS // 1000}k, ent_coef ≤ {H1_ALPHA:g} (or TD3; state runs)",
+         "γ = 0.99, HER off, or too few steps",
          "γ 0.95; --her; ≥ 2M steps with 8 envs", "book ch5 HER table"),
     Rule("H4", "return stuck at −50", "rollout/ep_rew_mean",
          f"best median-of-3 ep_rew_mean < {H4_MAX:g} after ≥ max({FLAT_MIN_STEPS // 1000}k, "
@@ -160,10 +173,66 @@ RULES: dict[str, Rule] = {r.id: r for r in [
          f"auto α < {H11_ALPHA:g} while success_rate (median of the last 3 iterations) < {H11_SUCCESS:g}",
          "the sparse reward flattens Q, so α is driven down before anything is learnt",
          "fixed ent_coef 0.05 (--ent-coef 0.05)", "book ch5 Push sweep; added"),
+    # Book ch9 (pixels): the three-phase signature of its Step 2 run (info: where the run is, so a 2M-step plateau
+    # is not mistaken for failure) and its failure rules. Pixel runs only; success is the mean over the last
+    # PIX_WINDOW steps. The book's actor-loss levels (~0 in Phase 1, −0.2 to −0.7 in Phase 3) contradict its own
+    # Q ≈ −18.5 under SB3's actor loss mean(α log π − min Q) (≈ +18.5 at that Q; ≥ ~0 with rewards ≤ 0), and its
+    # Q is the all-failure value while the logged q_min_mean averages HER batches (8/9 relabelled, many of them
+    # successes of a puck that never moved): both are reported, neither is a condition.
+    Rule("V1", "pixels Phase 1: the critic memorises uniform failure", "rollout/success_rate, train/critic_loss",
+         f"pixel run, ≥ {PIX_P1_STEPS // 1000}k steps: mean success_rate over the last {PIX_WINDOW // 1000}k steps "
+         f"< {PIX_FLAT:g}, mean critic_loss over them ≤ {PIX_P1_CRITIC:g} and ≤ {PIX_P1_FALL:g} × its highest such "
+         "mean so far; q_min_mean and actor_loss reported beside the all-failure Q −(1 − γ⁵⁰)/(1 − γ) (−18.46 at "
+         "γ 0.95) (book Phase 1, 0–2.2M: success 3–7%, critic loss falling to 0.07, actor loss ~0, Q ≈ −18.5)",
+         "the expected plateau of a pixel run: the encoder has not yet found the puck, every return is failure",
+         "keep training: the book's Step 2 run stayed here until ~2.2M steps (pixel RL needs 2–4× the state budget)",
+         "book ch9 three-phase signature (L5777–5782)", "info"),
+    Rule("V2", "pixels Phase 2: the hockey-stick onset", "rollout/success_rate, train/critic_loss",
+         f"pixel run: mean success_rate over the last {PIX_WINDOW // 1000}k steps ≥ {PIX_FLAT:g} after a window "
+         f"below it (book Phase 2, 2.2–3.5M: success 10–90%, critic loss rising to 0.3+, actor loss to 1.0+)",
+         "the encoder has found the task-relevant features: successes make the critic's targets informative again",
+         "rising critic loss here is good news (book L5782); keep training",
+         "book ch9 three-phase signature (L5777–5782)", "info"),
+    Rule("V3", "pixels Phase 3: converged", "rollout/success_rate",
+         f"pixel run: mean success_rate over the last {PIX_WINDOW // 1000}k steps ≥ {PIX_PHASE3:g}; pixel cost = "
+         f"these steps / {PIX_STATE_STEPS // 1_000_000}M (the ch5 state run) (book: 95%+ from 3.5–4.4M, critic "
+         "loss 0.15–0.35; Step 3: 4.4M / 2M = 2.2×)",
+         "the pixel policy solves the task", "evaluate (python -m fetchjax.eval); the pass criterion is ≥ 0.90 at 5M",
+         "book ch9 Steps 2–3 (L5703–5727, L5777–5780)", "info"),
+    Rule("V4", "pixels: no hockey-stick by 3M", "rollout/success_rate",
+         f"pixel run at ≥ {PIX_ONSET_BY // 1_000_000}M steps: mean success_rate over every {PIX_WINDOW // 1000}k-step "
+         f"window so far < {PIX_FLAT:g}",
+         "the encoder never found the puck (routing, DrQ, encoder or budget)",
+         "investigate: the book's Step 2 settings (--preset book_pixels: --critic-encoder --no-drq, "
+         "--encoder manipulation, --frame-stack 4, HER k 8); see V6, V7",
+         "book ch9 reproduction tolerance (L5859–5918)"),
+    Rule("V5", "pixels: final success below 80%", "rollout/success_rate",
+         f"pixel run of ≥ {PIX_ONSET_BY // 1_000_000}M steps, at its last iteration: mean training success_rate "
+         f"over the last {PIX_WINDOW // 1000}k steps < {PIX_FINAL_MIN:g} (the stochastic policy; eval.json "
+         "scores the deterministic one)",
+         "the run did not reproduce the book's 0.95 (tolerance ~10%)",
+         "investigate: compare the curve with the three phases (V1–V3); extend with --resume --total-steps",
+         "book ch9 reproduction tolerance (L5859–5918)"),
+    Rule("V6", "pixels flat with DrQ + SpatialSoftmax", "rollout/success_rate",
+         f"pixel run with drq and the manipulation encoder (SpatialSoftmax), at ≥ {PIX_DRQ_STEPS / 1e6:g}M steps: "
+         f"mean success_rate over every {PIX_WINDOW // 1000}k-step window so far < {PIX_FLAT:g} (book Step 4: 3% "
+         "at 1.54M)",
+         "DrQ's ±4 px shift moves SpatialSoftmax's coordinates by ±0.10, independently for obs and next_obs: "
+         "40–80% noise on a gripper–puck signal of 0.25–0.50 (book Step 4)",
+         "--no-drq (book Step 2)", "book ch9 Step 4 (L5729–5747)"),
+    Rule("V7", "pixels flat with the book's failing encoder setup", "rollout/success_rate",
+         f"pixel run whose encoder is not trained by the critic alone (encoder_routing separate) or is NatureCNN, at "
+         f"≥ {PIX_ROUTING_STEPS // 1_000_000}M steps: mean success_rate over every {PIX_WINDOW // 1000}k-step "
+         f"window so far < {PIX_FLAT:g} (book Steps 0/1: 5–8% flat over 2M)",
+         "an encoder trained by the policy gradient (SB3 routing), or NatureCNN's stride 4 that shrinks a 5-pixel "
+         "puck to ~1 pixel, leaves the critic without the puck (book Steps 0/1)",
+         "--critic-encoder and --encoder manipulation (book Step 2, --preset book_pixels)",
+         "book ch9 Steps 0–1 (L5630–5661)"),
 ]}
 PPO_RULE_IDS = ["NAN", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P11", "H10"]
-SAC_RULE_IDS = ["NAN", "S1", "S2", "S3", "S5", "S6", "H1", "H2", "H4", "H10", "H11"]
-TD3_RULE_IDS = ["NAN", "S1", "S3", "S5", "S6", "H2", "H4", "H10"]
+PIXEL_RULE_IDS = ["V1", "V2", "V3", "V4", "V5", "V6", "V7"]
+SAC_RULE_IDS = ["NAN", "S1", "S2", "S3", "S5", "S6", "H1", "H2", "H4", "H10", "H11", *PIXEL_RULE_IDS]
+TD3_RULE_IDS = ["NAN", "S1", "S3", "S5", "S6", "H2", "H4", "H10", *PIXEL_RULE_IDS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,7 +502,7 @@ def _h4(x, steps, c):
 
 
 def _push_stuck(x, alpha, steps, c, large_alpha: bool):
-  if "Push" not in c["env_id"]:
+  if "Push" not in c["env_id"] or c["pixels"]:  # pixel runs plateau for ~2M steps by design: V1-V7
     return np.zeros(x.shape, bool), x, PUSH_STUCK_MAX, None
   lo = np.searchsorted(steps, steps - PUSH_STUCK_WINDOW, side="right")
   with warnings.catch_warnings():
@@ -468,6 +537,116 @@ def _h11(alpha, x, steps, c):
                                            f"{H11_SUCCESS:g}"
 
 
+def _window_mean(x, steps, width):
+  """r[i] = mean of the finite x over the iterations of the last `width` steps up to i; NaN until `width` steps
+  have passed (or without a finite value)."""
+  lo = np.searchsorted(steps, steps - width, side="right")
+  fin = np.isfinite(x)
+  cs = np.concatenate([[0.0], np.cumsum(np.where(fin, x, 0.0))])
+  cn = np.concatenate([[0], np.cumsum(fin)])
+  hi = np.arange(1, len(x) + 1)
+  n = cn[hi] - cn[lo]
+  mean = np.where(n > 0, (cs[hi] - cs[lo]) / np.maximum(n, 1), np.nan)
+  return np.where(steps >= width, mean, np.nan)
+
+
+def _pixel_success(x, steps, c):
+  """(windowed success, best window so far); all-False conditions for state runs come from c["pixels"]."""
+  sr = _window_mean(x, steps, PIX_WINDOW)
+  return sr, np.fmax.accumulate(sr)
+
+
+def _off(x):
+  return np.zeros(np.shape(x), bool)
+
+
+def q_all_failure(gamma: float, T: int = 50) -> float:
+  """Q of a state that fails for the rest of a T-step episode with sparse reward −1: −(1 − γ^T)/(1 − γ)."""
+  return -(1.0 - gamma ** T) / (1.0 - gamma)
+
+
+def _v1(x, critic, actor, q, steps, c):
+  if not c["pixels"]:
+    return _off(x), x, PIX_P1_CRITIC, None
+  sr, _ = _pixel_success(x, steps, c)
+  cl = _window_mean(critic, steps, PIX_WINDOW)
+  qw, aw = _window_mean(q, steps, PIX_WINDOW), _window_mean(actor, steps, PIX_WINDOW)
+  q_fail = q_all_failure(c["gamma"])
+  fell = cl <= PIX_P1_FALL * np.fmax.accumulate(cl)
+  cond = (steps >= PIX_P1_STEPS) & (sr < PIX_FLAT) & (cl <= PIX_P1_CRITIC) & fell
+  i = int(np.argmax(cond))
+  return cond, cl, PIX_P1_CRITIC, lambda v: f"success {sr[i]:.3f} < {PIX_FLAT:g}, critic loss {v:.3g} (fell from " \
+      f"{np.fmax.reduce(cl[:i + 1]):.3g}), q_min_mean {qw[i]:.2f} (all-failure value {q_fail:.2f} at γ " \
+      f"{c['gamma']:g}), actor loss {aw[i]:.3g} (means over the last {PIX_WINDOW // 1000}k steps)"
+
+
+def _v2(x, critic, actor, steps, c):
+  if not c["pixels"]:
+    return _off(x), x, PIX_FLAT, None
+  sr, _ = _pixel_success(x, steps, c)
+  cl, aw = _window_mean(critic, steps, PIX_WINDOW), _window_mean(actor, steps, PIX_WINDOW)
+  was_flat = np.maximum.accumulate(np.nan_to_num(sr, nan=np.inf) < PIX_FLAT)
+  cond = was_flat & (sr >= PIX_FLAT)
+  i = int(np.argmax(cond))
+  return cond, sr, PIX_FLAT, lambda v: f"success {v:.3f} ≥ {PIX_FLAT:g}: onset at {steps[i]:,} steps (book Step 2: " \
+      f"~2.2M); critic loss {cl[i]:.3g} vs its minimum {np.fmin.reduce(cl[:i + 1]):.3g} so far (book: rising to " \
+      f"0.3+), actor loss {aw[i]:.3g} (means over the last {PIX_WINDOW // 1000}k steps)"
+
+
+def _v3(x, critic, steps, c):
+  if not c["pixels"]:
+    return _off(x), x, PIX_PHASE3, None
+  sr, _ = _pixel_success(x, steps, c)
+  cl = _window_mean(critic, steps, PIX_WINDOW)
+  cond = sr >= PIX_PHASE3
+  i = int(np.argmax(cond))
+  return cond, sr, PIX_PHASE3, lambda v: f"success {v:.3f} ≥ {PIX_PHASE3:g} at {steps[i]:,} steps, critic loss " \
+      f"{cl[i]:.3g} (book 0.15–0.35): pixel cost {steps[i] / PIX_STATE_STEPS:.2f}× the {PIX_STATE_STEPS // 10**6}M " \
+      "of the ch5 state run (book: 4.4M / 2M = 2.2×)"
+
+
+def _still_flat(x, steps, c, since: int, applies: bool, what: str):
+  if not (c["pixels"] and applies):
+    return _off(x), x, PIX_FLAT, None
+  _, best = _pixel_success(x, steps, c)
+  cond = (steps >= since) & (best < PIX_FLAT)
+  return cond, best, PIX_FLAT, lambda v: f"success never above {v:.3f} (best mean over {PIX_WINDOW // 1000}k " \
+      f"steps) < {PIX_FLAT:g} by {since / 1e6:g}M steps{what}"
+
+
+def _v4(x, steps, c):
+  return _still_flat(x, steps, c, PIX_ONSET_BY, True, "")
+
+
+def _v5(x, steps, c):
+  if not c["pixels"] or c["total"] < PIX_ONSET_BY:
+    return _off(x), x, PIX_FINAL_MIN, None
+  sr, _ = _pixel_success(x, steps, c)
+  cond = (steps >= c["total"]) & (sr < PIX_FINAL_MIN)
+  return cond, sr, PIX_FINAL_MIN, lambda v: f"final success {v:.3f} < {PIX_FINAL_MIN:g} (mean over the last " \
+      f"{PIX_WINDOW // 1000}k of {c['total']:,} steps; book Step 2: 0.95)"
+
+
+def _v6(x, steps, c):
+  return _still_flat(x, steps, c, PIX_DRQ_STEPS, c["drq"] and c["encoder"] == "manipulation",
+                     " with drq on and SpatialSoftmax")
+
+
+def _v7(x, steps, c):
+  what = [w for w, on in ((f"encoder_routing {c['routing']}", c["routing"] != "critic"),
+                          ("NatureCNN", c["encoder"] == "nature")) if on]
+  return _still_flat(x, steps, c, PIX_ROUTING_STEPS, bool(what), " with " + " and ".join(what))
+
+
+_PIXEL_CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "V1": (("success_rate", "critic_loss", "actor_loss", "q_min_mean"), _v1),
+    "V2": (("success_rate", "critic_loss", "actor_loss"), _v2),
+    "V3": (("success_rate", "critic_loss"), _v3),
+    "V4": (("success_rate",), _v4), "V5": (("success_rate",), _v5), "V6": (("success_rate",), _v6),
+    "V7": (("success_rate",), _v7),
+}
+
+
 _SAC_CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "S1": (("q_min_mean", "log_prob_mean", "ent_coef", "train_calls"), _s1),
     "S2": (("ent_coef", "n_updates"), _s2),
@@ -478,9 +657,10 @@ _SAC_CHECKS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "H2": (("success_rate", "ent_coef"), _h2),
     "H4": (("ep_rew_mean",), _h4),
     "H11": (("ent_coef", "success_rate"), _h11),
+    **_PIXEL_CHECKS,
 }
 _TD3_CHECKS = {**{k: _SAC_CHECKS[k] for k in ("S3", "S5", "S6", "H4")},
-               "S1": (("q_min_mean", "train_calls"), _s1_td3), "H2": (("success_rate",), _h2_td3)}
+               "S1": (("q_min_mean", "train_calls"), _s1_td3), "H2": (("success_rate",), _h2_td3), **_PIXEL_CHECKS}
 
 
 def _offpolicy_context(config, env_id, steps) -> dict:
@@ -490,7 +670,10 @@ def _offpolicy_context(config, env_id, steps) -> dict:
   return dict(env_id=env_id or "",
               total=getattr(config, "total_timesteps", None) or int(np.max(steps, initial=0)),
               gamma=getattr(config, "gamma", 0.99), learning_starts=getattr(config, "learning_starts", 0),
-              her=getattr(config, "her", False), auto=auto, alpha=alpha)
+              her=getattr(config, "her", False), auto=auto, alpha=alpha,
+              # a pixel run: its encoder reads rendered frames (every encoder but "flat" does)
+              pixels=getattr(config, "encoder", "flat") != "flat", encoder=getattr(config, "encoder", "flat"),
+              routing=getattr(config, "encoder_routing", "separate"), drq=getattr(config, "drq", False))
 
 
 def _offpolicy_nan_ok(h: dict) -> dict:
@@ -533,7 +716,8 @@ def check_eval(report: dict) -> list[Finding]:
   return out
 
 
-__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "SAC_RULE_IDS", "TD3_RULE_IDS", "RANDOM_RETURN", "check_ppo",
+__all__ = ["Finding", "Rule", "RULES", "PPO_RULE_IDS", "SAC_RULE_IDS", "TD3_RULE_IDS", "PIXEL_RULE_IDS",
+           "RANDOM_RETURN", "q_all_failure", "check_ppo",
            "check_sac", "check_td3", "check_eval", "new_findings", "format_finding",
            "write_diagnostics", "rules_markdown"]
 
@@ -546,7 +730,9 @@ def docs_markdown() -> str:
            "evaluation), prints each finding once per seed as a `WARN`/`ERROR` line and writes them all to "
            "`diagnostics.json`. They are the book's \"What can go wrong\" tables (ch3 PPO, ch4 SAC, ch5 HER), "
            "corrected where measured runs disagree with the book (\"corrected\": the threshold says what the book "
-           "has) and with two rules added (H10, H11); thresholds are the implemented ones. Generated by "
+           "has) and with two rules added (H10, H11), plus the book's ch9 three-phase signature and failure rules "
+           "for pixel runs (V1–V7: V1–V3 are info findings that say where a pixel run is); thresholds are the "
+           "implemented ones. Generated by "
            "`python -m fetchjax.diagnostics`.",
            ""]
   for name, ids in (("PPO", PPO_RULE_IDS), ("SAC (+HER)", SAC_RULE_IDS), ("TD3 (+HER)", TD3_RULE_IDS)):

@@ -7,11 +7,13 @@ Episode i starts from the object position and goal that CPU gymnasium-robotics s
 (`base = --seed`), so every model and every training seed is scored on the same 100 tasks as an SB3 `eval.py`
 run with `--seeds 0-99`. All training seeds of the run are evaluated in one vmapped program. Success is
 `is_success` at the final (50th) step. The do-nothing policy on the same tasks is reported as the trivial
-baseline p0 beside every result.
+baseline p0 beside every result. The env is the run's own (its EnvConfig: e.g. rendered pixels), and a policy
+trained on k-frame stacks acts on the same stacks here (`agents.frames`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,33 +23,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fetchjax import compile_cache, envs, runs
+from fetchjax import agents, compile_cache, envs, runs
+from fetchjax.agents import frames
 from fetchjax.gymnasium_reference import book_tasks, gymnasium_make
 from fetchjax.policy import load_policy, load_run
 
 
-def rollout(env, act, policies, state0, keys=None, record: int = 0):
+def rollout(env, act, policies, state0, keys=None, record: int = 0, frame_stack: int = 1):
   """One episode of every env for every policy (leading axis = training seed), in one jitted program.
 
-  Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal [seeds, n, 3]
-  and, if `record` > 0, "replay": the `envs.backend.Replay` of the first `record` envs' states [seeds, T, record,
-  ...] (T states, the reset one first).
+  `frame_stack` k > 1: `act` reads the k-frame stacks of obs["pixels"] the policy was trained on, carried in the
+  scan and rebuilt from the env's single frames as training does (`agents.frames`: first-frame copies at the
+  episode start). Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal
+  [seeds, n, 3] and, if `record` > 0, "replay": the `envs.backend.Replay` of the first `record` envs' states
+  [seeds, T, record, ...] (T states, the reset one first).
   """
   T = env.max_episode_steps
   stochastic = keys is not None
 
   def one_seed(policy, key, state0):
     def body(carry, t):
-      s, k = carry
+      s, k, stacked = carry
       k, k_act = jax.random.split(k)
-      a = act(policy, s.obs, k_act if stochastic else None)
+      a = act(policy, s.obs if frame_stack == 1 else stacked, k_act if stochastic else None)
       nxt = env.step(s, a)
       out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
       if record:
         out["physics"] = env.backend.snapshot(s.pipeline_state, record)
-      return (nxt, k), out
+      stacked = None if frame_stack == 1 else frames.push(stacked, nxt.obs, frame_stack, first=nxt.done > 0)
+      return (nxt, k, stacked), out
 
-    (last, _), out = jax.lax.scan(body, (state0, key), jnp.arange(T))
+    stacked0 = None if frame_stack == 1 else frames.reset(state0.obs, frame_stack)
+    (last, _, _), out = jax.lax.scan(body, (state0, key, stacked0), jnp.arange(T))
     out["final_ag"] = last.info["final_obs"]["achieved_goal"]
     out["final_dg"] = last.info["final_obs"]["desired_goal"]
     return out
@@ -113,16 +120,24 @@ def with_run_info(report: dict, run_dir, ckpt_step: int, meta: dict) -> dict:
 
 
 def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100, seed_base: int = 0,
-             deterministic: bool = True, backend: str = "auto", record: int = 0, key=None) -> tuple[dict, dict]:
-  """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout)."""
-  env = envs.make(env_id, num_envs=n_episodes, backend=backend)
+             deterministic: bool = True, backend: str = "auto", record: int = 0, key=None, frame_stack: int = 1,
+             env_config: envs.EnvConfig | None = None) -> tuple[dict, dict]:
+  """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout).
+
+  `env_config`: the run's EnvConfig (its observation settings, e.g. rendered pixels, and physics), made with
+  `n_episodes` envs on `backend`; None: `envs.make(env_id)`'s defaults (a state env). `frame_stack`: the k-frame
+  stacks the policies act on (`Algorithm.frame_stack(config)`)."""
+  if env_config is None:
+    env = envs.make(env_id, num_envs=n_episodes, backend=backend)
+  else:
+    env = dataclasses.replace(env_config, env_id=env_id, num_envs=n_episodes, backend=backend).make()
   xy, goals = book_tasks(env_id, n_episodes, seed_base)
   state0 = env.reset_to(xy, goals)
   keys = None if deterministic else jax.random.split(key if key is not None else jax.random.PRNGKey(seed_base),
                                                      len(seeds))
   t0 = time.time()
-  out = rollout(env, act, policies, state0, keys, record)
-  zero = lambda policy, obs, key=None: jnp.zeros(obs["observation"].shape[:-1] + (4,))
+  out = rollout(env, act, policies, state0, keys, record, frame_stack)
+  zero = lambda policy, obs, key=None: jnp.zeros(obs["achieved_goal"].shape[:-1] + (4,))
   base = episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0)
   per_seed = [episode_metrics(out, i) for i in range(len(seeds))]
   report = dict(
@@ -156,12 +171,19 @@ def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, determinist
                  backend: str | None = None, step: int | None = None) -> dict:
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
   report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
-                       deterministic, backend or meta.get("backend", "auto"))
+                       deterministic, backend or meta.get("backend", "auto"), frame_stack=algo.frame_stack(config),
+                       env_config=agents.env_config_from_meta(meta))
   return with_run_info(report, run_dir, ckpt_step, meta)
 
 
 def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, step: int | None = None) -> dict:
   meta = runs.RunDir(run_dir).read_meta()
+  algo = agents.get(meta["algo"])
+  needs = algo.pixel_needs(algo.config_from_dict(meta["config"]))
+  if needs:
+    raise runs.RunError(f"--sim gymnasium drives state policies; this run's policy reads rendered frames "
+                        f"({', '.join(needs)}): evaluate it in fetchjax, or wrap gymnasium-robotics in a pixel "
+                        "observation wrapper and drive fetchjax.load_policy yourself (README, Pixels)")
   t0 = time.time()
   policies = [load_policy(run_dir, i, step) for i in range(len(meta["seeds"]))]
   per_seed = [gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base) for pol in policies]

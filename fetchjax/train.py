@@ -26,7 +26,8 @@ import fetchjax  # noqa: F401  (XLA flags before JAX starts)
 import jax
 import numpy as np
 
-from fetchjax import agents, checkpoints, compile_cache, devices, envs, interrupts, runs
+from fetchjax import agents, checkpoints, compile_cache, devices, encoders, envs, interrupts, runs
+from fetchjax.agents.frames import STACK_KEYS as FRAME_KEYS
 
 DEFAULT_ENV = "FetchReachDense-v4"
 
@@ -249,15 +250,20 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
     raise ValueError(f"unknown env id {a.env!r}; available: {', '.join(envs.list_envs())}")
   seeds = runs.parse_seeds(a.seeds if a.seeds is not None else str(a.seed))
   her_flags = {"her": a.her or None, "n_sampled_goal": a.her_n_sampled_goal,
-               "goal_selection_strategy": a.her_strategy, "ent_coef": a.ent_coef, "gamma": a.gamma}
+               "goal_selection_strategy": a.her_strategy, "ent_coef": a.ent_coef, "gamma": a.gamma,
+               "encoder": a.encoder, "encoder_routing": "critic" if a.critic_encoder else None, "drq": a.drq,
+               "frame_stack": a.frame_stack}
   given = {k: v for k, v in her_flags.items() if v is not None}
   fields = {f.name for f in dataclasses.fields(algo.config_cls)}
   unsupported = [k for k in given if k not in fields]
   if unsupported:
     flags = {"her": "--her", "n_sampled_goal": "--her-n-sampled-goal", "goal_selection_strategy": "--her-strategy",
-             "ent_coef": "--ent-coef", "gamma": "--gamma"}
+             "ent_coef": "--ent-coef", "gamma": "--gamma", "encoder": "--encoder",
+             "encoder_routing": "--critic-encoder", "drq": "--drq/--no-drq", "frame_stack": "--frame-stack"}
+    pixel = [k for k in unsupported if k in PIXEL_FIELDS]
     raise ValueError(f"{', '.join(flags[k] for k in unsupported)} do(es) not apply to --algo {a.algo}"
-                     + (" (HER needs an off-policy algorithm: sac or td3)" if "her" in unsupported else ""))
+                     + (" (HER needs an off-policy algorithm: sac or td3)" if "her" in unsupported else "")
+                     + (" (encoders and frame stacks for pixels are sac/td3 settings)" if pixel else ""))
   if (a.her_n_sampled_goal is not None or a.her_strategy) and not a.her:
     raise ValueError("--her-n-sampled-goal / --her-strategy need --her")
   preset = a.preset or default_preset(a.algo, a.env, bool(a.her))
@@ -286,6 +292,39 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
     raise ValueError(f"--checkpoint-buffer off: --algo {a.algo} has no replay buffer")
   return runs.RunDir(run_dir), Plan(a.algo, env, seeds, config, preset, a.checkpoint_every or 0,
                                     a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer, a.devices), None
+
+
+PIXEL_FIELDS = ("encoder", "encoder_routing", "drq", "frame_stack")  # the off-policy configs' pixel settings
+
+
+def check_env_fits(plan: Plan, obs_spec: dict) -> None:
+  """One-line errors (RunError) for a config that cannot read the env's observations, found from the env's
+  observation_spec as the learners find it (before anything is created): pixel settings on an env without
+  rendered frames (they need --pixels), a state encoder on a pixel env.
+
+  A pixel env with the default "flat" encoder is an error, not a silent switch to a pixel encoder: every partial
+  default (ManipulationExtractor alone, without the critic routing and frame stack) is one of the book's failing
+  ch9 configurations (Steps 0/1), so the user picks the working one by name (--preset book_pixels)."""
+  algo = agents.get(plan.algo)
+  needs = algo.pixel_needs(plan.config)
+  image = FRAME_KEYS[0]
+  have = ", ".join(sorted(obs_spec))
+  if needs and image not in obs_spec:
+    what = f"the env's rendered frames (obs[{image!r}]), which this env does not provide (its observation has {have})"
+    if plan.preset in algo.presets and algo.pixel_needs(algo.presets[plan.preset]):
+      raise runs.RunError(f"--preset {plan.preset} needs --pixels: its {', '.join(needs)} read {what}")
+    raise runs.RunError(f"{', '.join(needs)} need(s) --pixels: {what}")
+  encoder = getattr(plan.config, "encoder", "flat")
+  missing = [k for k in encoders.required_keys(encoder) if k not in obs_spec]
+  if missing and image in obs_spec:
+    if not hasattr(plan.config, "encoder"):
+      raise runs.RunError(f"--algo {plan.algo} reads state vectors only; a pixel env ({have}) needs --algo sac or "
+                          "td3 (the book's ch9 run: --algo sac --her --preset book_pixels)")
+    raise runs.RunError(f"encoder {encoder!r} reads the state vector(s) {missing}, which a pixel env ({have}) does "
+                        "not provide: use --preset book_pixels (book ch9 Step 2) or --encoder manipulation|nature")
+  if missing:
+    raise runs.RunError(f"encoder {encoder!r} reads the observation key(s) {missing}, which this env does not "
+                        f"provide (it has {have})")
 
 
 @dataclasses.dataclass
@@ -394,7 +433,9 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   num_updates = plan.num_updates
   ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
 
-  init, run = algo.make_runner(cfg, plan.env.make())
+  env = plan.env.make()
+  check_env_fits(plan, env.observation_spec)
+  init, run = algo.make_runner(cfg, env)
   keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in plan.seeds])
   v_init = jax.jit(jax.vmap(init))
   n_devices = devices.plan_devices(n_seeds, jax.local_device_count(), plan.devices)
@@ -405,6 +446,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
     meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
                 n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
                 env_config=dataclasses.asdict(plan.env),
+                obs_spec={k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in env.observation_spec.items()},
                 checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
                 devices=n_devices,
                 physics=PHYSICS_DESCRIPTION.get(backend, backend),
@@ -531,7 +573,8 @@ def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> N
     policies = jax.tree.map(np.asarray, algo.policy_of(cfg, runner))  # gathered: eval runs on one device
     report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), policies, plan.seeds,
                                    plan.eval_episodes, 0, True, plan.env.backend,
-                                   record=min(record, plan.eval_episodes))
+                                   record=min(record, plan.eval_episodes), frame_stack=algo.frame_stack(cfg),
+                                   env_config=plan.env)
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
@@ -600,6 +643,17 @@ def main(argv=None) -> int:
                  default=None, help="HER goal selection (default future)")
   p.add_argument("--ent-coef", default=None, help="SAC entropy coefficient: auto, auto_<init> or a float")
   p.add_argument("--gamma", type=float, default=None, help="discount factor (default: the preset's)")
+  p.add_argument("--encoder", choices=encoders.ENCODERS, default=None,
+                 help="sac/td3 observation encoder: flat (state vectors, default), manipulation (book ch9 "
+                      "ManipulationCNN + SpatialSoftmax) or nature (NatureCNN); the pixel ones need --pixels")
+  p.add_argument("--critic-encoder", action="store_true", default=None,
+                 help="sac/td3: one encoder in the critic, trained by the critic loss only (book ch9 Step 2)")
+  d = p.add_mutually_exclusive_group()
+  d.add_argument("--drq", dest="drq", action="store_true", default=None,
+                 help="sac/td3: DrQ random shift of sampled pixels (the book's ch9 script default)")
+  d.add_argument("--no-drq", dest="drq", action="store_false", help="sac/td3: no DrQ (book ch9 Step 2)")
+  p.add_argument("--frame-stack", type=int, default=None, metavar="K",
+                 help="sac/td3: act and learn on stacks of the K newest rendered frames (book ch9: 4)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
   p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
   p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
@@ -626,13 +680,14 @@ def main(argv=None) -> int:
                    or a.physics or a.no_jdotv or a.threads is not None
                    or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
                    or a.her_strategy or a.ent_coef is not None or a.gamma is not None
+                   or a.encoder or a.critic_encoder or a.drq is not None or a.frame_stack is not None
                    or a.checkpoint_buffer is not None):
     p.error("--resume takes its settings from the run; only --step, --total-steps, --checkpoint-every, "
             "--pause-at, --devices, --eval-episodes, --video-episodes, --compile-cache and --quiet may be given "
             "with it")
   if a.step is not None and a.step < 0:
     p.error(f"--step must be >= 0, got {a.step}")
-  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices"):
+  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices", "frame_stack"):
     v = getattr(a, name)
     if v is not None and v < 1:
       p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")

@@ -55,6 +55,7 @@ PPO, HER, SAC, TD3, TRAIN = "fetchjax/agents/ppo.py", "fetchjax/agents/her.py", 
     "fetchjax/agents/td3.py", "fetchjax/train.py"
 OFFPOLICY, NETS, DRQ = "fetchjax/agents/offpolicy.py", "fetchjax/agents/nets.py", "fetchjax/agents/drq.py"
 CKPT = "fetchjax/checkpoints.py"
+EVAL, POLICY, DIAG = "fetchjax/eval.py", "fetchjax/policy.py", "fetchjax/diagnostics.py"
 CPU_ROLLOUTS = "tests/test_parity_cpu.py::test_multi_episode_rollouts_match_gymnasium"
 SB3_COLLECT = "tests/test_sb3_parity.py::test_collected_rollout_matches_sb3"
 
@@ -226,6 +227,18 @@ MUTATIONS = [
     M("drq_not_applied", "the loop ignores drq: samples are not augmented", OFFPOLICY,
       "        sample = drq.augment(sample, k_aug)", "        sample = sample",
       "tests/test_drq.py::test_a_sac_her_run_on_drq_augmented_frame_stacks"),
+    # --- issue 15 (agent side): acting on frame stacks outside training, the ch9 diagnostics ---------------------
+    M("eval_stack_newest_frame_only", "eval acts on copies of the newest frame, not the k-frame history", EVAL,
+      "frames.push(stacked, nxt.obs, frame_stack, first=nxt.done > 0)", "frames.reset(nxt.obs, frame_stack)",
+      "tests/test_pixel_acting.py::test_eval_acts_on_the_stacks_training_acted_on"),
+    M("policy_stack_not_kept", "load_policy's Policy restarts its frame stack on every call", POLICY,
+      "stacked = frames.reset(new, self.frame_stack) if self._stack is None else",
+      "stacked = frames.reset(new, self.frame_stack) if True else",
+      "tests/test_pixel_acting.py::test_policy_keeps_the_stack_or_takes_a_stacked_channel_first_observation"),
+    M("pixel_runs_get_state_push_rule", "diagnostics: a pixel run's Phase-1 plateau is reported as H2", DIAG,
+      'if "Push" not in c["env_id"] or c["pixels"]:', 'if "Push" not in c["env_id"]:',
+      "tests/test_diagnostics_offpolicy.py::"
+      "test_a_flat_pixel_run_warns_at_3m_and_at_its_end_not_with_the_state_push_rule"),
 ]
 
 

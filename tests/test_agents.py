@@ -31,7 +31,7 @@ def _imported_agent_modules(name: str) -> set[str]:
   return out
 
 
-@pytest.mark.parametrize("name", ALGORITHM_MODULES + ("offpolicy", "nets", "configs", "her", "drq"))
+@pytest.mark.parametrize("name", ALGORITHM_MODULES + ("offpolicy", "nets", "configs", "her", "drq", "frames"))
 def test_no_algorithm_imports_another(name):
   siblings = _imported_agent_modules(name) & set(ALGORITHM_MODULES)
   assert not siblings - {name}, f"fetchjax/agents/{name}.py imports the algorithm(s) {sorted(siblings)}"
@@ -40,7 +40,7 @@ def test_no_algorithm_imports_another(name):
 def test_the_modules_the_layout_names_are_all_there():
   """The parametrisation above covers every module of fetchjax/agents (a new one must be added there)."""
   names = {p.stem for p in AGENTS_DIR.glob("*.py")} - {"__init__"}
-  assert names == set(ALGORITHM_MODULES) | {"offpolicy", "nets", "configs", "her", "drq"}
+  assert names == set(ALGORITHM_MODULES) | {"offpolicy", "nets", "configs", "her", "drq", "frames"}
 
 
 def test_registry_entries():

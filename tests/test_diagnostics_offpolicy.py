@@ -189,3 +189,114 @@ def test_docs_table_is_current():
 
   doc = Path(__file__).parent.parent / "docs" / "DIAGNOSTICS.md"
   assert doc.read_text() == dg.docs_markdown(), "regenerate: python -m fetchjax.diagnostics > docs/DIAGNOSTICS.md"
+
+
+# --- pixel runs (book ch9): the three-phase signature and its failure rules --------------------------------------
+PIXELS = Run(SAC.preset("book_pixels"), "FetchPush-v4")   # 5M steps, 8 envs: 12,500 iterations of 400 steps
+M = 1_000_000
+# The book's Step 2 curve (L5663-5719): flat ~5% to 2.2M, 25-34% at 2.5M, >70% at 3.5M, 95% at 4.4M, 0.95-0.97.
+STEP2 = ([0, 2.2 * M, 2.5 * M, 3.5 * M, 4.4 * M, 5 * M], [0.05, 0.05, 0.30, 0.75, 0.95, 0.97])
+
+
+def pixel_history(run=PIXELS, curve=STEP2, n_seeds=2, seed=0, upto=None):
+  """A pixel run's metrics shaped like the book's Step 2 (L5777-5780): per-iteration success of 8 episodes drawn
+  from the curve; critic loss falling to 0.07 (Phase 1), rising to 0.35 (Phase 2), 0.25 (Phase 3); actor loss
+  ~0 -> 1.0 -> -0.4 as the book writes it; Q from the all-failure -18.5 towards -2. `upto`: the history so far."""
+  h, steps = healthy(run, n_seeds, seed)
+  rng = np.random.default_rng(seed + 1)
+  shape = h["success_rate"].shape
+  p = np.interp(steps, *curve)
+  succ = rng.binomial(8, np.broadcast_to(p, shape)) / 8.0
+  phase2 = np.interp(steps, [0, 2.2 * M, 5 * M], [0, 0, 1]) * (curve[1][-1] > 0.5)
+  critic = np.interp(steps, [0, M, 2.2 * M, 3 * M, 3.5 * M, 5 * M], [0.4, 0.07, 0.07, 0.35, 0.35, 0.25])
+  critic = np.where(phase2 > 0, critic, np.interp(steps, [0, M, 5 * M], [0.4, 0.07, 0.07]))
+  actor = np.interp(steps, [0, 2.2 * M, 3 * M, 3.5 * M, 4 * M], [0, 0, 1.0, 1.0, -0.4]) * (phase2 > 0)
+  q = -18.5 * (1 - p) - 2 * p
+  trained = ~np.isnan(h["critic_loss"])
+  h.update(success_rate=succ, ep_rew_mean=-50 * (1 - succ) - 13 * succ + rng.normal(0, 1, shape))
+  for k, v in dict(critic_loss=critic * rng.uniform(0.9, 1.1, shape), actor_loss=actor + rng.normal(0, 0.05, shape),
+                   q1_mean=q + rng.normal(0, 0.1, shape), q2_mean=q + rng.normal(0, 0.1, shape), q_min_mean=q - 0.1,
+                   target_q_mean=q + 0.0 * succ).items():
+    h[k] = np.where(trained, v, np.nan)
+  if upto is not None:
+    n = int(np.searchsorted(steps, upto, side="right"))
+    h, steps = {k: v[:, :n] for k, v in h.items()}, steps[:n]
+  return h, steps
+
+
+def _rules(found, seed=0):
+  return [(f.rule, f.severity) for f in found if f.seed == seed]
+
+
+def test_the_books_step2_run_reads_as_its_three_phases_and_nothing_else():
+  h, steps = pixel_history()
+  found = dg.check_sac(h, steps, PIXELS.config, PIXELS.env_id)
+  for s in (0, 1):
+    got = {f.rule: f for f in found if f.seed == s}
+    assert sorted(got) == ["V1", "V2", "V3"] and {f.severity for f in got.values()} == {"info"}, found
+    assert 0.8 * M <= got["V1"].step <= 1.2 * M          # critic loss at ~0.07, success ~5%
+    assert 2.2 * M <= got["V2"].step <= 2.6 * M          # the hockey-stick (book: upturn at 2.2M)
+    assert 4.0 * M <= got["V3"].step <= 4.6 * M          # >= 0.90 (book: 95% at 4.4M)
+    assert "pixel cost 2." in got["V3"].message and "all-failure value -18.46" in got["V1"].message.replace("−", "-")
+  # idempotent on the prefixes the CLI checks: at 2M only Phase 1; the warnings' times have not come
+  h2, s2 = pixel_history(upto=2 * M)
+  assert [f.rule for f in dg.check_sac(h2, s2, PIXELS.config, PIXELS.env_id)] == ["V1", "V1"]
+
+
+def test_a_flat_pixel_run_warns_at_3m_and_at_its_end_not_with_the_state_push_rule():
+  flat = ([0, 5 * M], [0.05, 0.05])
+  h, steps = pixel_history(curve=flat)
+  found = dg.check_sac(h, steps, PIXELS.config, PIXELS.env_id)
+  by = {f.rule: f for f in found if f.seed == 1}
+  assert sorted(by) == ["V1", "V4", "V5"], found                      # not H2: pixel runs plateau by design
+  assert by["V4"].step == steps[np.searchsorted(steps, 3 * M)] and by["V4"].severity == "warning"
+  assert by["V5"].step == steps[-1] and by["V5"].value < 0.1
+  assert dg.RULES["V4"].fix in by["V4"].message
+  # before 3M only the Phase-1 info; a state Push run with the same curve gets H2 at 500k instead
+  h3, s3 = pixel_history(curve=flat, upto=3 * M - 400)
+  assert {f.rule for f in dg.check_sac(h3, s3, PIXELS.config, PIXELS.env_id)} == {"V1"}
+  state = dataclasses.replace(PIXELS.config, encoder="flat", frame_stack=1)
+  assert {f.rule for f in dg.check_sac(h3, s3, state, PIXELS.env_id)} == {"H2"}
+
+
+def test_final_success_below_80_percent_warns_only_at_the_end():
+  short = ([0, 2.2 * M, 2.5 * M, 3.5 * M, 5 * M], [0.05, 0.05, 0.30, 0.70, 0.70])
+  h, steps = pixel_history(curve=short)
+  found = dg.check_sac(h, steps, PIXELS.config, PIXELS.env_id)
+  assert _rules(found) == [("V1", "info"), ("V2", "info"), ("V5", "warning")]
+  v5 = [f for f in found if f.rule == "V5"][0]
+  assert v5.step == steps[-1] and 0.6 < v5.value < 0.8
+  assert "V5" not in {f.rule for f in dg.check_sac({k: v[:, :-1] for k, v in h.items()}, steps[:-1],
+                                                   PIXELS.config, PIXELS.env_id)}
+
+
+@pytest.mark.parametrize("change, rule, at, says", [
+    (dict(drq=True), "V6", 1.5 * M, "drq on and SpatialSoftmax"),                     # book Step 4
+    (dict(encoder_routing="separate"), "V7", 2 * M, "encoder_routing separate"),      # book Step 1
+    (dict(encoder="nature", encoder_routing="separate"), "V7", 2 * M, "encoder_routing separate and NatureCNN"),
+], ids=["drq-step4", "sb3-routing-step1", "nature-step0"])
+def test_the_books_failing_pixel_setups_are_named_when_flat(change, rule, at, says):
+  cfg = dataclasses.replace(PIXELS.config, **change)
+  flat = ([0, 5 * M], [0.05, 0.05])
+  h, steps = pixel_history(curve=flat, upto=2.5 * M)
+  found = dg.check_sac(h, steps, cfg, PIXELS.env_id)
+  f = [f for f in found if f.rule == rule and f.seed == 0]
+  assert _rules(found) == [("V1", "info"), (rule, "warning")], found
+  assert f[0].step == steps[np.searchsorted(steps, at)] and says in f[0].message and dg.RULES[rule].fix in f[0].message
+  # the same setup is not named once it learns before that time (here: up from 1M); nor is Step 2's own config
+  # when flat (its plateau lasts to ~2.2M)
+  h, steps = pixel_history(curve=([0, M, 1.4 * M, 5 * M], [0.05, 0.05, 0.3, 0.97]), upto=2.5 * M)
+  assert rule not in {f.rule for f in dg.check_sac(h, steps, cfg, PIXELS.env_id)}
+  h, steps = pixel_history(curve=flat, upto=2.5 * M)
+  assert {f.rule for f in dg.check_sac(h, steps, PIXELS.config, PIXELS.env_id)} == {"V1"}
+
+
+def test_pixel_rules_apply_to_td3_and_never_to_state_runs():
+  h, steps = pixel_history(curve=([0, 5 * M], [0.05, 0.05]), upto=3.2 * M)
+  td3_pix = td3.TD3Config(her=True, gamma=0.95, encoder="manipulation", encoder_routing="critic", frame_stack=4,
+                          total_timesteps=5 * M)
+  h_td3 = {k: v for k, v in h.items() if k not in ("ent_coef", "log_prob_mean", "ent_coef_loss")}
+  assert {f.rule for f in dg.check_td3(h_td3, steps, td3_pix, "FetchPush-v4")} == {"V1", "V4"}
+  state = dataclasses.replace(td3_pix, encoder="flat", frame_stack=1)
+  assert not {f.rule for f in dg.check_td3(h_td3, steps, state, "FetchPush-v4")} & set(dg.PIXEL_RULE_IDS)
+  assert dg.q_all_failure(0.95) == pytest.approx(-18.46, abs=0.01)        # the book's "Q = -18.5"

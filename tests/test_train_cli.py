@@ -431,6 +431,9 @@ def _cli(*args, cwd=None):
     (["--set", "num_envs=4"], "use --n-envs"),
     (["--algo", "sac", "--set", "tau=-1"], "tau must be in (0, 1]"),
     (["--step", "5"], "--step picks the checkpoint to resume from"),
+    (["--algo", "ppo", "--frame-stack", "4"], "--frame-stack do(es) not apply to --algo ppo"),
+    (["--algo", "sac", "--her", "--env", "FetchPush-v4", "--preset", "book_pixels"],
+     "--preset book_pixels needs --pixels"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
   r = _cli(*args) if "--resume" in args else _cli(*args, "--run-dir", str(tmp_path / "x"))

@@ -5,6 +5,7 @@
     offpolicy.py             the replay/update loop SAC and TD3 share (warm-up, HER buffer, train_freq, ...)
     her.py                   the episode replay buffer with SB3's HER sampling (and frame stacks for pixels)
     drq.py                   DrQ's random-shift augmentation of sampled pixels (book ch9)
+    frames.py                frame stacks for acting outside training (eval, video, load_policy)
     nets.py                  networks and initialisers several algorithms use, where an encoder lives
                              (ROUTINGS), the diagonal Gaussian
     configs.py               what every config shares: presets with checked overrides, meta.json round trip
@@ -40,6 +41,8 @@ class Algorithm:
   rule_ids: tuple[str, ...]         # the diagnostics rules `check` (and the eval check) apply
   drop_buffer: Callable | None = None   # runner -> runner without its replay buffer (checkpoints without it)
   fresh_buffer: Callable | None = None  # (runner restored without it, runner from init) -> runner, empty buffer
+  frame_stack: Callable = lambda config: 1  # config -> k: `act` reads k-frame stacks of obs["pixels"] (frames.py)
+  pixel_needs: Callable = lambda config: []  # config -> what in it reads obs["pixels"] ([]: a state config)
 
   def env_preset(self, name: str, **overrides) -> EnvConfig:
     """The EnvConfig preset `name` was made for, with `overrides` (env_id, num_envs, backend, physics, ...)."""
@@ -70,7 +73,8 @@ def env_config_from_meta(meta: dict) -> EnvConfig:
 
 
 _OFFPOLICY = dict(policy_of=offpolicy.policy_of, tb_constants=offpolicy.tb_constants,
-                  drop_buffer=offpolicy.drop_buffer, fresh_buffer=offpolicy.fresh_buffer)
+                  drop_buffer=offpolicy.drop_buffer, fresh_buffer=offpolicy.fresh_buffer,
+                  frame_stack=offpolicy.acting_frames, pixel_needs=offpolicy.pixel_needs)
 ALGORITHMS: dict[str, Algorithm] = {
     "ppo": Algorithm("ppo", "PPO", ppo.PPOConfig, ppo.PRESETS, ppo.ENV_PRESETS, ppo.make_runner, ppo.make_train,
                      make_act=ppo.make_act, tb_names=ppo.TB_NAMES, check=diagnostics.check_ppo,

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from fetchjax import encoders
-from fetchjax.agents import configs, drq, her, nets
+from fetchjax.agents import configs, drq, frames, her, nets
 
 EPISODE_STEPS = 50                      # every Fetch v4 task
 
@@ -89,7 +89,20 @@ def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
     raise ValueError(f"drq must be true or false, got {config.drq!r}")
 
 
-STACK_KEYS = (drq.IMAGE_KEY,)           # what frame_stack stacks: the pixels, as the book's wrapper
+STACK_KEYS = frames.STACK_KEYS          # what frame_stack stacks: the pixels, as the book's wrapper
+
+
+def acting_frames(config) -> int:
+  """Frames the policy of `config` acts on (`frames.reset` / `frames.push` rebuild them outside training)."""
+  return config.frame_stack
+
+
+def pixel_needs(config) -> list[str]:
+  """What in `config` reads the env's rendered frames (obs["pixels"]): [] for a state config."""
+  from fetchjax.encoders import cnn
+
+  return ([f"encoder {config.encoder!r}"] if config.encoder in cnn.ENCODERS else []) + \
+      ([f"frame_stack {config.frame_stack}"] if config.frame_stack > 1 else []) + (["drq"] if config.drq else [])
 
 
 def network_spec(config, obs_spec: dict) -> dict:
@@ -328,6 +341,7 @@ def acting_input(config, critic, policy: dict, obs: dict):
   return nets.actor_input(critic, config.encoder_routing)(policy.get("critic_encoder", {"params": {}}), obs)
 
 
-__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "network_spec", "STACK_KEYS", "Batch", "polyak",
+__all__ = ["EPISODE_STEPS", "EpisodeIterations", "check_offpolicy", "network_spec", "STACK_KEYS", "acting_frames",
+           "pixel_needs", "Batch", "polyak",
            "critic_step", "Learner", "RunnerState", "TB_NAMES", "make_offpolicy_runner", "whole_run", "tb_constants",
            "policy_of", "acting_input", "obs_zeros", "drop_buffer", "fresh_buffer"]

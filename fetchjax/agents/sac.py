@@ -94,6 +94,15 @@ PRESETS: dict[str, SACConfig] = {
     "book_her": SACConfig(gamma=0.95, learning_starts=1_000, her=True),
     # Book ch5 SAC+HER on sparse Push (the sweep's winner): as book_her with ent_coef fixed at 0.05, 2M steps.
     "book_her_push": SACConfig(gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05, total_timesteps=2_000_000),
+    # Book ch9 Step 2 (the run that learns Push from pixels, algorithms.md §5.5): ManipulationExtractor (CNN +
+    # SpatialSoftmax) owned by the critic (--critic-encoder), 4-frame stacks, DrQ off (--no-drq), buffer 500k,
+    # HER k = 8, 5M steps; what ch9 does not state is ch5's Push config (§5.5 "assume ch5's Push config"; §3.3):
+    # gamma 0.95 (implied by its Q = -18.5), ent_coef 0.05 fixed (ch9 L5613 says "automatic tuning" [!]; auto
+    # alpha collapses under the sparse reward, rule H11), learning_starts 1000, batch 256, lr 3e-4, [256, 256].
+    # Needs the env's rendered frames (--pixels).
+    "book_pixels": SACConfig(gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05, n_sampled_goal=8,
+                             buffer_size=500_000, total_timesteps=5_000_000, encoder="manipulation",
+                             encoder_routing="critic", frame_stack=4, drq=False),
     # Many MJX envs on an accelerator (NOT tuned): 512 envs, 8 gradient steps of 1024 per vectorised step
     # (UTD 1/64, each transition replayed ~16 times vs ~32 in the book), SAC+HER on sparse Reach.
     "gpu": SACConfig(batch_size=1024, gradient_steps=8, gamma=0.95, learning_starts=10_000, her=True,
@@ -103,6 +112,7 @@ ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the 
     "book": EnvConfig("FetchReachDense-v4", num_envs=8),
     "book_her": EnvConfig("FetchReach-v4", num_envs=8),
     "book_her_push": EnvConfig("FetchPush-v4", num_envs=8),
+    "book_pixels": EnvConfig("FetchPush-v4", num_envs=8),   # + the env's rendered frames (--pixels)
     "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 
