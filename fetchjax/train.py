@@ -384,6 +384,20 @@ def _interrupted(session: _Session) -> int:
   return 130
 
 
+def run_meta(plan: Plan, ckpt_every: int, n_devices: int, command: str, compile_cache: dict | None) -> dict:
+  """meta.json of a new run directory (status "running")."""
+  cfg = plan.config
+  backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
+  return dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
+              n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
+              env_config=dataclasses.asdict(plan.env),
+              checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
+              devices=n_devices,
+              physics=PHYSICS_DESCRIPTION.get(backend, backend),
+              device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
+              command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
+
+
 def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_step) -> tuple[str, list]:
   """Trains until done ("trained"), --pause-at ("paused") or a stop request ("interrupted"); returns that and
   the diagnostics findings. `session.progress` always holds the newest finished chunk."""
@@ -401,15 +415,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   sharding = devices.seed_sharding(n_devices)  # None on one device
   resumed_from = None
   if meta is None:  # fresh run
-    backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
-    meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
-                n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
-                env_config=dataclasses.asdict(plan.env),
-                checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
-                devices=n_devices,
-                physics=PHYSICS_DESCRIPTION.get(backend, backend),
-                device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
-                command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
+    meta = run_meta(plan, ckpt_every, n_devices, command, compile_cache)
     with stop.critical():
       rd.create(meta)
       session.created = session.started = True
@@ -521,17 +527,19 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   return "trained", findings
 
 
-def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> None:
-  """Evaluation, eval.json, learning curve, video and diagnostics.json once training is done."""
+def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say, report: dict | None = None) -> None:
+  """Evaluation, eval.json, learning curve, video and diagnostics.json once training is done. `report`: the
+  run's evaluation made elsewhere (a sweep scores all its points in one program; no video then)."""
   from fetchjax import diagnostics, eval as fj_eval
 
-  report, meta = None, rd.read_meta()
-  if plan.eval_episodes > 0:
+  meta, record = rd.read_meta(), 0
+  if report is None and plan.eval_episodes > 0:
     record = plan.video_episodes
     policies = jax.tree.map(np.asarray, algo.policy_of(cfg, runner))  # gathered: eval runs on one device
     report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), policies, plan.seeds,
                                    plan.eval_episodes, 0, True, plan.env.backend,
                                    record=min(record, plan.eval_episodes))
+  if report is not None:
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
@@ -577,9 +585,8 @@ def _video(rd, plan, out, say) -> None:
     say(f"WARN video not written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
-def main(argv=None) -> int:
-  p = _Parser(prog="python -m fetchjax.train", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_args(p: argparse.ArgumentParser) -> None:
+  """The flags that define what is trained (shared with `python -m fetchjax.sweep`)."""
   p.add_argument("--algo", default="ppo", help=f"one of {', '.join(agents.ALGORITHMS)} (default ppo)")
   p.add_argument("--env", default=DEFAULT_ENV, help=f"default {DEFAULT_ENV}; one of {', '.join(envs.list_envs())}")
   s = p.add_mutually_exclusive_group()
@@ -601,10 +608,10 @@ def main(argv=None) -> int:
   p.add_argument("--ent-coef", default=None, help="SAC entropy coefficient: auto, auto_<init> or a float")
   p.add_argument("--gamma", type=float, default=None, help="discount factor (default: the preset's)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-  p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
-  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
-  p.add_argument("--step", type=int, default=None, metavar="STEPS",
-                 help="with --resume: continue from this checkpoint (newer ones are moved aside, not deleted)")
+
+
+def add_session_args(p: argparse.ArgumentParser) -> None:
+  """The flags that say how a training session runs (shared with `python -m fetchjax.sweep`)."""
   p.add_argument("--compile-cache", default=None, metavar="DIR|off",
                  help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
                       "~/.cache/fetchjax/jax; off: none)")
@@ -615,6 +622,27 @@ def main(argv=None) -> int:
                  help="store the replay buffer in checkpoints (default on: resume is exact; off: much smaller "
                       "checkpoints, resume refills the buffer)")
   p.add_argument("--eval-episodes", type=int, default=100, help="deterministic eval episodes per seed (0: skip)")
+
+
+def check_numbers(a, error) -> None:
+  """`error(message)` for a count flag below its minimum."""
+  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices"):
+    v = getattr(a, name, None)
+    if v is not None and v < 1:
+      error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+  if a.seed < 0 or a.eval_episodes < 0 or getattr(a, "video_episodes", 0) < 0:
+    error("--seed, --eval-episodes and --video-episodes must be >= 0")
+
+
+def main(argv=None) -> int:
+  p = _Parser(prog="python -m fetchjax.train", description=__doc__,
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_run_args(p)
+  p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
+  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
+  p.add_argument("--step", type=int, default=None, metavar="STEPS",
+                 help="with --resume: continue from this checkpoint (newer ones are moved aside, not deleted)")
+  add_session_args(p)
   p.add_argument("--video-episodes", type=int, default=2, help="eval episodes in the MP4 (0: no video)")
   p.add_argument("--pause-at", type=int, default=None, metavar="STEPS",
                  help="checkpoint and stop once this many steps per seed are done (continue with --resume)")
@@ -632,12 +660,7 @@ def main(argv=None) -> int:
             "with it")
   if a.step is not None and a.step < 0:
     p.error(f"--step must be >= 0, got {a.step}")
-  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices"):
-    v = getattr(a, name)
-    if v is not None and v < 1:
-      p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-  if a.seed < 0 or a.eval_episodes < 0 or a.video_episodes < 0:
-    p.error("--seed, --eval-episodes and --video-episodes must be >= 0")
+  check_numbers(a, p.error)
   command = "python -m fetchjax.train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
   cache = compile_cache.enable(compile_cache.resolve(a.compile_cache))  # before anything compiles
   try:
