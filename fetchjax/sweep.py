@@ -669,7 +669,7 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
       ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
       resumed_from = None
       if sw is None:  # fresh
-        if (sweep.dir / SWEEP_JSON).exists():
+        if sweep.host_id == 0 and (sweep.dir / SWEEP_JSON).exists():  # (the other hosts: host 0 may have written it)
           raise runs.RunError(f"{sweep.dir} already holds a sweep; pass --resume {sweep.dir} to continue it or "
                               "choose another --sweep-dir")
         for rd in rds:

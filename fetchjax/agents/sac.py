@@ -202,6 +202,7 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
   # ent_coef traced by fetchjax.sweep: per point learned or fixed (a traced flag), its initial/fixed alpha and
   # log alpha (computed on the host as a run computes it): both updates run, the flag selects one
   swept_alpha = isinstance(c.ent_coef, dict)
+  traced_alpha = swept_alpha or not isinstance(alpha0, float)  # (a sweep of fixed values only: an array)
 
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
   def init_one(key):  # closes over no traced value (sequential_vmap cannot batch one)
@@ -209,15 +210,16 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
     obs = obs_zeros(obs_spec)
     critic_params = critic.init(k_critic, obs, jnp.zeros((1, action_size)))
     actor_params = actor.init(k_actor, actor_in(critic_params, obs))
-    log_ent_coef = jnp.full((1,), 0.0 if swept_alpha else math.log(alpha0), jnp.float32)
+    log_ent_coef = jnp.full((1,), 0.0 if traced_alpha else math.log(alpha0), jnp.float32)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(actor_params, critic_params, critic_params, log_ent_coef, actor_tx.init(actor_params),
                       critic_tx.init(critic_params), ent_tx.init(log_ent_coef), key, zero, zero, zero)
 
   def init(key):
     ts = init_one(key)
-    if swept_alpha:  # as a run with that value stores it (unused by the fixed-coefficient update)
-      ts = ts.replace(log_ent_coef=jnp.full((1,), c.ent_coef["log_alpha0"], jnp.float32))
+    if traced_alpha:  # as a run with that value stores it (unused by the fixed-coefficient update)
+      log0 = c.ent_coef["log_alpha0"] if swept_alpha else jnp.log(alpha0)
+      ts = ts.replace(log_ent_coef=jnp.full((1,), log0, jnp.float32))
     return ts
 
   def update_with_noise(ts: TrainState, batch: Batch, noise_pi, noise_next, grad_step):
