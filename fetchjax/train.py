@@ -3,6 +3,7 @@
     python -m fetchjax.train                                  # PPO, FetchReachDense-v4, seed 0, preset for this device
     python -m fetchjax.train --algo ppo --env FetchReachDense-v4 --seeds 0-4 --total-steps 500000 --run-dir runs/x
     python -m fetchjax.train --resume runs/x [--total-steps 1000000]
+    python -m fetchjax.train --grid learning_rate=1e-4,3e-4 ...   # a sweep: the same as python -m fetchjax.sweep
 
 The run directory (fetchjax/runs.py) gets meta.json, full-state orbax checkpoints, TensorBoard logs with SB3's
 metric names, metrics.npz, eval.json (100 deterministic episodes per seed on the book's eval tasks),
@@ -635,6 +636,11 @@ def check_numbers(a, error) -> None:
 
 
 def main(argv=None) -> int:
+  args = sys.argv[1:] if argv is None else list(argv)
+  if any(x.split("=")[0] in ("--grid", "--sweep") for x in args):  # a sweep: python -m fetchjax.sweep's flags
+    from fetchjax import sweep
+
+    return sweep.main(args)
   p = _Parser(prog="python -m fetchjax.train", description=__doc__,
               formatter_class=argparse.RawDescriptionHelpFormatter)
   add_run_args(p)

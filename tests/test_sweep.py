@@ -252,8 +252,19 @@ ROOT = Path(__file__).resolve().parent.parent
       "gamma=0.9,0.95", "--dry-run", "--backend", "cpu"], "this cannot fit"),
 ])
 def test_bad_input_is_one_line(args, message, capsys):
+  _one_error_line(sweep.main, args, message, capsys)
+
+
+def test_train_cli_with_a_grid_is_a_sweep(capsys):
+  from fetchjax import train
+
+  _one_error_line(train.main, ["--grid", "n_steps=32,64"], "n_steps cannot vary inside one program", capsys)
+  _one_error_line(train.main, ["--sweep", "book_push_120", "--env", "FetchReach-v4"], "sets --env", capsys)
+
+
+def _one_error_line(main, args, message, capsys):
   try:
-    rc = sweep.main([*args, "--quiet", "--compile-cache", "off"])
+    rc = main([*args, "--quiet", "--compile-cache", "off"])
   except SystemExit as e:  # argparse-level mistakes exit from the parser
     rc = e.code
   err = capsys.readouterr().err.strip()
