@@ -272,28 +272,35 @@ def _one_error_line(main, args, message, capsys):
   assert err.startswith("fetchjax.sweep: error:")
 
 
-@pytest.mark.slow  # two processes, each compiling its point's program (~40 s on 2 cores)
-def test_two_hosts_with_jax_distributed(tmp_path):
-  """Two processes on this machine joined by jax.distributed (localhost coordinator, CPU): each trains and writes
-  its own point; host 0 waits for both and writes the statistics of all."""
+def _two_hosts(args):
   import socket
 
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  d = tmp_path / "s"
-  cmd = [sys.executable, "-m", "fetchjax.sweep", *PPO_TINY, "--total-steps", "256", "--grid",
-         "learning_rate=3e-4,3e-3", "--eval-episodes", "2", "--sweep-dir", str(d), "--coordinator",
-         f"localhost:{port}", "--num-hosts", "2"]
+  cmd = [sys.executable, "-m", "fetchjax.sweep", *args, "--coordinator", f"localhost:{port}", "--num-hosts", "2"]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   procs = [subprocess.Popen([*cmd, "--host-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in (0, 1)]
   outs = [p.communicate(timeout=240)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
+
+
+@pytest.mark.slow  # two processes, twice, each compiling its point's program (~50 s on 2 cores)
+def test_two_hosts_with_jax_distributed(tmp_path):
+  """Two processes on this machine joined by jax.distributed (localhost coordinator, CPU): each trains and writes
+  its own point, pauses, resumes; host 0 waits for both and writes the statistics of all."""
+  d = tmp_path / "s"
+  _two_hosts([*PPO_TINY, "--total-steps", "512", "--grid", "learning_rate=3e-4,3e-3", "--eval-episodes", "2",
+              "--sweep-dir", str(d), "--pause-at", "256"])
+  assert _json(d / "sweep.json")["status"] == "paused"
+  _two_hosts(["--resume", str(d), "--quiet"])
   sw = _json(d / "sweep.json")
   assert sw["status"] == "finished" and sw["num_hosts"] == 2 and sw["stats"]["complete"]
   hosts = [_json(d / "points" / p["name"] / "meta.json")["sweep"]["host"] for p in sw["points"]]
   assert hosts == [0, 1]
+  for p in sw["points"]:
+    assert [r["step"] for r in _json(d / "points" / p["name"] / "meta.json")["resumed_at"]] == [256]
   # each host's checkpoints (written without orbax's process-0 rule) read back in a single process
-  assert (d / "points" / sw["points"][1]["name"] / "checkpoints" / "256" / "state" / "arrays.npz").is_file()
-  assert fetchjax.load_policy(d / "points" / sw["points"][1]["name"], seed_index=1).step == 256
+  assert (d / "points" / sw["points"][1]["name"] / "checkpoints" / "512" / "state" / "arrays.npz").is_file()
+  assert fetchjax.load_policy(d / "points" / sw["points"][1]["name"], seed_index=1).step == 512
