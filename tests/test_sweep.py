@@ -142,10 +142,11 @@ def test_traced_k_samples_the_batch_of_a_run_with_that_k():
     buf = her.add(buf, a, state)
   assert int(her.num_sampleable(buf)) == 4
   for strategy in her.STRATEGIES:
+    traced_k = jax.jit(lambda kk, s=strategy: her.sample(buf, key, 64, env.compute_reward, n_sampled_goal=kk,
+                                                         strategy=s))
     for k in (0, 1, 4, 8):
       static = her.sample(buf, key, 64, env.compute_reward, n_sampled_goal=k, strategy=strategy)
-      traced = jax.jit(lambda kk: her.sample(buf, key, 64, env.compute_reward, n_sampled_goal=kk, strategy=strategy))(
-          jnp.int32(k))
+      traced = traced_k(jnp.int32(k))
       for a, b in zip(jax.tree.leaves(static), jax.tree.leaves(traced)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{strategy} k={k}")
 
