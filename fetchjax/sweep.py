@@ -176,8 +176,10 @@ def stack(pts: list[dict], action_size: int = 4):
     values = [p[field] for p in pts]
     if field == "ent_coef" and any(isinstance(v, str) for v in values):
       parsed = [parse_ent_coef(v) for v in values]
-      out[field] = dict(learned=jnp.asarray([a for a, _ in parsed]), alpha0=jnp.asarray([a for _, a in parsed], jnp.float32),
-                        log_alpha0=jnp.asarray([math.log(a) if a > 0 else -math.inf for _, a in parsed], jnp.float32))
+      alphas = [a for _, a in parsed]
+      out[field] = dict(learned=jnp.asarray([learned for learned, _ in parsed]),
+                        alpha0=jnp.asarray(alphas, jnp.float32),
+                        log_alpha0=jnp.asarray([math.log(a) if a > 0 else -math.inf for a in alphas], jnp.float32))
       continue
     if field == "target_entropy":
       values = [-float(action_size) if isinstance(v, str) else v for v in values]
@@ -441,9 +443,9 @@ def _say(quiet):
   return say
 
 
-def build(a, error) -> tuple[Sweep, dict | None]:
+def build(a) -> tuple[Sweep, dict | None]:
   """The sweep of the flags (fresh) or of `--resume DIR` (with its sweep.json); ValueError/RunError for bad input."""
-  from fetchjax import agents, envs, runs, train
+  from fetchjax import agents, envs, train
 
   if a.resume:
     sw = read_sweep(a.resume)
@@ -553,7 +555,7 @@ def main(argv=None) -> int:
     jax.distributed.initialize(coordinator_address=a.coordinator, num_processes=a.num_hosts, process_id=a.host_id)
   cache = compile_cache.enable(compile_cache.resolve(a.compile_cache))
   try:
-    sweep, sw = build(a, p.error)
+    sweep, sw = build(a)
     return run(sweep, sw, a, command.strip(), cache)
   except (runs.RunError, ValueError, TypeError) as e:
     print(f"fetchjax.sweep: error: {e}", file=sys.stderr)
