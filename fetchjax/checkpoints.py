@@ -156,6 +156,45 @@ def _with_empty(target, restored):
   return jax.tree.unflatten(treedef, out)
 
 
+NPZ = "arrays.npz"
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+
+
+def _save_npz(item_dir: Path, tree) -> None:
+  """An item as one .npz of its leaves keyed by their tree paths. Used in a multi-process JAX (several hosts):
+  there orbax refuses process-local arrays and writes numpy leaves from process 0 only, while each sweep host
+  checkpoints its own runs; the manifest, atomic rename and checksums are the same."""
+  item_dir.mkdir()
+  leaves = {json.dumps(_path_names(p)): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  with open(item_dir / NPZ, "wb") as f:
+    np.savez(f, **leaves)
+
+
+def _load_npz(item_dir: Path, target):
+  """`_save_npz`'s item into `target`'s structure, or (None) as nested dicts without the zero-size leaves."""
+  with np.load(item_dir / NPZ) as z:
+    data = {k: z[k] for k in z.files}
+  if target is not None:
+    paths, treedef = jax.tree_util.tree_flatten_with_path(target)
+    try:
+      return jax.tree.unflatten(treedef, [data[json.dumps(_path_names(p))] for p, _ in paths])
+    except KeyError as e:
+      raise CheckpointError(f"checkpoint {item_dir.parent} does not match this run (no leaf {e})") from None
+  out: dict = {}
+  for key, x in data.items():
+    if x.size == 0:
+      continue
+    *parents, last = json.loads(key)
+    node = out
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[last] = x
+  return out
+
+
 class CheckpointStore:
   """The checkpoints of one run directory. `keep`: how many intact checkpoints to keep (the newest)."""
 
@@ -236,14 +275,19 @@ class CheckpointStore:
       tmp.mkdir()
       empty = [dict(path=jax.tree_util.keystr(p), shape=list(x.shape), dtype=str(x.dtype))
                for p, x in jax.tree_util.tree_leaves_with_path(state) if _is_empty(x)]
-      with quiet_orbax():
-        ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-        try:
-          ckptr.save(tmp / STATE, args=ocp.args.StandardSave(_without_empty(state)))
-          if policy is not None:
-            ckptr.save(tmp / POLICY, args=ocp.args.StandardSave(_without_empty(policy)))
-        finally:
-          ckptr.close()
+      if jax.process_count() > 1:  # several hosts, each writing its own runs (see _save_npz)
+        _save_npz(tmp / STATE, state)
+        if policy is not None:
+          _save_npz(tmp / POLICY, policy)
+      else:
+        with quiet_orbax():
+          ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+          try:
+            ckptr.save(tmp / STATE, args=ocp.args.StandardSave(_without_empty(state)))
+            if policy is not None:
+              ckptr.save(tmp / POLICY, args=ocp.args.StandardSave(_without_empty(policy)))
+          finally:
+            ckptr.close()
       for name, data in (files or {}).items():
         (tmp / name).write_bytes(data)
       listing = {}
@@ -336,6 +380,8 @@ class CheckpointStore:
     import orbax.checkpoint as ocp
 
     root = self.path(step)
+    if (root / item_name / NPZ).is_file():
+      return _load_npz(root / item_name, target)
     legacy = self._is_legacy(step)
     ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     item = root / (_LEGACY_STATE if legacy else item_name)

@@ -111,6 +111,21 @@ def scores(seeds: list[int], per_seed_episodes: list[list[dict]], baseline: list
       per_seed=per_seed)
 
 
+def split_report(report: dict, n_groups: int) -> list[dict]:
+  """A report over `n_groups` x S policies (group-major, as a sweep's points x seeds) as one report per group,
+  each what `evaluate` gives for that group's S policies alone (the do-nothing baseline is shared)."""
+  per = report["per_seed"]
+  s = len(per) // n_groups
+  out = []
+  for g in range(n_groups):
+    mine = per[g * s:(g + 1) * s]
+    out.append(dict(report, seeds=[e["seed"] for e in mine], per_seed=mine,
+                    aggregate=aggregate([e for x in mine for e in x["per_episode"]]),
+                    across_seeds={k: across_seeds([x["aggregate"][k] for x in mine])
+                                  for k in ("success_rate", "return_mean", "final_distance_mean")}))
+  return out
+
+
 def with_run_info(report: dict, run_dir, ckpt_step: int, meta: dict) -> dict:
   """Prefixes a report with the checkpoint it scored and the run's training time and speed."""
   out = dict(checkpoint=str(runs.RunDir(run_dir).path / runs.CKPT_DIR / str(ckpt_step)),

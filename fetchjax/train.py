@@ -3,6 +3,7 @@
     python -m fetchjax.train                                  # PPO, FetchReachDense-v4, seed 0, preset for this device
     python -m fetchjax.train --algo ppo --env FetchReachDense-v4 --seeds 0-4 --total-steps 500000 --run-dir runs/x
     python -m fetchjax.train --resume runs/x [--total-steps 1000000]
+    python -m fetchjax.train --grid learning_rate=1e-4,3e-4 ...   # a sweep: the same as python -m fetchjax.sweep
 
 The run directory (fetchjax/runs.py) gets meta.json, full-state orbax checkpoints, TensorBoard logs with SB3's
 metric names, metrics.npz, eval.json (100 deterministic episodes per seed on the book's eval tasks),
@@ -17,7 +18,6 @@ import dataclasses
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -423,6 +423,26 @@ def _interrupted(session: _Session) -> int:
   return 130
 
 
+def obs_spec_meta(obs_spec: dict) -> dict:
+  """The env's single-frame observation spec as meta.json records it (`load_policy` reads the keys it needs)."""
+  return {k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in obs_spec.items()}
+
+
+def run_meta(plan: Plan, ckpt_every: int, n_devices: int, command: str, compile_cache: dict | None,
+             obs_spec: dict) -> dict:
+  """meta.json of a new run directory (status "running"); `obs_spec`: the env's `observation_spec`."""
+  cfg = plan.config
+  backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
+  return dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
+              n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
+              env_config=dataclasses.asdict(plan.env), obs_spec=obs_spec_meta(obs_spec),
+              checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
+              devices=n_devices,
+              physics=PHYSICS_DESCRIPTION.get(backend, backend),
+              device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
+              command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
+
+
 def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_step) -> tuple[str, list]:
   """Trains until done ("trained"), --pause-at ("paused") or a stop request ("interrupted"); returns that and
   the diagnostics findings. `session.progress` always holds the newest finished chunk."""
@@ -442,16 +462,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   sharding = devices.seed_sharding(n_devices)  # None on one device
   resumed_from = None
   if meta is None:  # fresh run
-    backend = envs.default_backend() if plan.env.backend == "auto" else plan.env.backend
-    meta = dict(algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, total_steps=cfg.total_timesteps,
-                n_envs=plan.env.num_envs, preset=plan.preset, config=dataclasses.asdict(cfg),
-                env_config=dataclasses.asdict(plan.env),
-                obs_spec={k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in env.observation_spec.items()},
-                checkpoint_every=ckpt_every, checkpoint_buffer=plan.checkpoint_buffer, backend=backend,
-                devices=n_devices,
-                physics=PHYSICS_DESCRIPTION.get(backend, backend),
-                device=runs.device_info(), versions=runs.versions(), git_commit=runs.git_commit(),
-                command=command, compile_cache=compile_cache, created_at=runs.now(), status="running")
+    meta = run_meta(plan, ckpt_every, n_devices, command, compile_cache, env.observation_spec)
     with stop.critical():
       rd.create(meta)
       session.created = session.started = True
@@ -563,18 +574,20 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   return "trained", findings
 
 
-def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say) -> None:
-  """Evaluation, eval.json, learning curve, video and diagnostics.json once training is done."""
+def finish(rd, plan, cfg, algo, runner, steps_hist, history, findings, say, report: dict | None = None) -> None:
+  """Evaluation, eval.json, learning curve, video and diagnostics.json once training is done. `report`: the
+  run's evaluation made elsewhere (a sweep scores all its points in one program; no video then)."""
   from fetchjax import diagnostics, eval as fj_eval
 
-  report, meta = None, rd.read_meta()
-  if plan.eval_episodes > 0:
+  meta, record = rd.read_meta(), 0
+  if report is None and plan.eval_episodes > 0:
     record = plan.video_episodes
     policies = jax.tree.map(np.asarray, algo.policy_of(cfg, runner))  # gathered: eval runs on one device
     report, out = fj_eval.evaluate(plan.env_id, algo.make_act(cfg), policies, plan.seeds,
                                    plan.eval_episodes, 0, True, plan.env.backend,
                                    record=min(record, plan.eval_episodes), frame_stack=algo.frame_stack(cfg),
                                    env_config=plan.env)
+  if report is not None:
     report = fj_eval.with_run_info(report, rd.path, int(steps_hist[-1]), meta)
     runs.write_json(rd.path / "eval.json", report)
     say("eval: " + fj_eval.summary_line(report))
@@ -620,9 +633,8 @@ def _video(rd, plan, out, say) -> None:
     say(f"WARN video not written ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
-def main(argv=None) -> int:
-  p = _Parser(prog="python -m fetchjax.train", description=__doc__,
-              formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_args(p: argparse.ArgumentParser) -> None:
+  """The flags that define what is trained (shared with `python -m fetchjax.sweep`)."""
   p.add_argument("--algo", default="ppo", help=f"one of {', '.join(agents.ALGORITHMS)} (default ppo)")
   p.add_argument("--env", default=DEFAULT_ENV, help=f"default {DEFAULT_ENV}; one of {', '.join(envs.list_envs())}")
   s = p.add_mutually_exclusive_group()
@@ -655,10 +667,10 @@ def main(argv=None) -> int:
   p.add_argument("--frame-stack", type=int, default=None, metavar="K",
                  help="sac/td3: act and learn on stacks of the K newest rendered frames (book ch9: 4)")
   p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-  p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
-  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
-  p.add_argument("--step", type=int, default=None, metavar="STEPS",
-                 help="with --resume: continue from this checkpoint (newer ones are moved aside, not deleted)")
+
+
+def add_session_args(p: argparse.ArgumentParser) -> None:
+  """The flags that say how a training session runs (shared with `python -m fetchjax.sweep`)."""
   p.add_argument("--compile-cache", default=None, metavar="DIR|off",
                  help=f"JAX persistent compilation cache (default ${compile_cache.ENV_VAR} or "
                       "~/.cache/fetchjax/jax; off: none)")
@@ -669,6 +681,32 @@ def main(argv=None) -> int:
                  help="store the replay buffer in checkpoints (default on: resume is exact; off: much smaller "
                       "checkpoints, resume refills the buffer)")
   p.add_argument("--eval-episodes", type=int, default=100, help="deterministic eval episodes per seed (0: skip)")
+
+
+def check_numbers(a, error) -> None:
+  """`error(message)` for a count flag below its minimum."""
+  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices", "frame_stack"):
+    v = getattr(a, name, None)
+    if v is not None and v < 1:
+      error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+  if a.seed < 0 or a.eval_episodes < 0 or getattr(a, "video_episodes", 0) < 0:
+    error("--seed, --eval-episodes and --video-episodes must be >= 0")
+
+
+def main(argv=None) -> int:
+  args = sys.argv[1:] if argv is None else list(argv)
+  if any(x.split("=")[0] in ("--grid", "--sweep") for x in args):  # a sweep: python -m fetchjax.sweep's flags
+    from fetchjax import sweep
+
+    return sweep.main(args)
+  p = _Parser(prog="python -m fetchjax.train", description=__doc__,
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_run_args(p)
+  p.add_argument("--run-dir", default=None, help="output directory (default runs/<algo>_<env>_<time>)")
+  p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its newest intact checkpoint")
+  p.add_argument("--step", type=int, default=None, metavar="STEPS",
+                 help="with --resume: continue from this checkpoint (newer ones are moved aside, not deleted)")
+  add_session_args(p)
   p.add_argument("--video-episodes", type=int, default=2, help="eval episodes in the MP4 (0: no video)")
   p.add_argument("--pause-at", type=int, default=None, metavar="STEPS",
                  help="checkpoint and stop once this many steps per seed are done (continue with --resume)")
@@ -687,12 +725,7 @@ def main(argv=None) -> int:
             "with it")
   if a.step is not None and a.step < 0:
     p.error(f"--step must be >= 0, got {a.step}")
-  for name in ("total_steps", "n_envs", "checkpoint_every", "pause_at", "threads", "devices", "frame_stack"):
-    v = getattr(a, name)
-    if v is not None and v < 1:
-      p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-  if a.seed < 0 or a.eval_episodes < 0 or a.video_episodes < 0:
-    p.error("--seed, --eval-episodes and --video-episodes must be >= 0")
+  check_numbers(a, p.error)
   command = "python -m fetchjax.train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
   cache = compile_cache.enable(compile_cache.resolve(a.compile_cache))  # before anything compiles
   try:

@@ -130,8 +130,11 @@ def layer_sizes(v) -> tuple[int, ...]:
 
 
 def parse_ent_coef(v) -> tuple[bool, float]:
-  """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05). An array (a value traced
-  by fetchjax.sweep, validated before) is a fixed coefficient."""
+  """(learned?, initial/fixed alpha) from SB3's `ent_coef` ("auto", "auto_0.1", 0.05). A dict is a value traced by
+  fetchjax.sweep (validated before): {"learned": flag, "alpha0": alpha, "log_alpha0": log alpha}, arrays; an
+  array is a fixed coefficient traced by it."""
+  if isinstance(v, dict):
+    return v["learned"], v["alpha0"]
   if hasattr(v, "dtype") and hasattr(v, "shape"):
     return False, v
   if isinstance(v, str):

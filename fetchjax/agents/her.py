@@ -325,6 +325,9 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
   next_obs = {**{k: at(k, v, t + 1) for k, v in buf.obs.items()}, "desired_goal": buf.desired_goal[ep]}
   reward = buf.reward[ep, t]
 
+  if her and not isinstance(n_sampled_goal, int):  # k traced by fetchjax.sweep: a relabel count in a fixed batch
+    return _sample_traced_k(buf, k_goal, batch_size, compute_reward, n_sampled_goal, strategy, future_inclusive,
+                            ep, t, obs, next_obs, reward)
   n_virtual = num_virtual(batch_size, n_sampled_goal, her)
   if n_virtual > 0:
     v = slice(batch_size - n_virtual, batch_size)
@@ -344,4 +347,38 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
     reward = reward.at[v].set(new_reward)
 
   return Batch(obs=obs, action=buf.action[ep, t], reward=reward, next_obs=next_obs,
+               done=jnp.zeros((batch_size,), jnp.float32))
+
+
+def num_virtual_traced(batch_size: int, n_sampled_goal):
+  """floor(k B / (k + 1)) in integers: `num_virtual` for a traced k (fetchjax.sweep checks, per swept k, that it
+  equals SB3's float expression)."""
+  return (n_sampled_goal * batch_size) // (n_sampled_goal + 1)
+
+
+def _sample_traced_k(buf, k_goal, batch_size, compute_reward, n_sampled_goal, strategy, future_inclusive, ep, t,
+                     obs, next_obs, reward) -> Batch:
+  """`sample`'s relabelling for a traced k: every row's relabelled goal is computed and the last n_virtual rows
+  take theirs (a select instead of a slice of traced length). The goal draws are made for all B rows, virtual row
+  j (row B - n_virtual + j) taking draw j: with JAX's partitionable threefry (the default) the first n draws of a
+  B-row draw are the n-row draw, so a point with k samples exactly the batch a run with that k samples."""
+  T = buf.episode_length
+  n_virtual = num_virtual_traced(batch_size, n_sampled_goal)
+  start = batch_size - n_virtual
+  rows = jnp.arange(batch_size)
+  t_src = t[(rows + start) % batch_size]  # draw j belongs to row start + j
+  if strategy == "final":
+    draws = jnp.full_like(t, T - 1)
+  elif strategy == "episode":
+    draws = jax.random.randint(k_goal, t.shape, 0, T)
+  else:  # future
+    lo = t_src if future_inclusive else jnp.minimum(t_src + 1, T - 1)
+    draws = jax.random.randint(k_goal, t.shape, lo, T)
+  t_goal = draws[(rows - start) % batch_size]
+  new_goal = buf.achieved_goal[ep, t_goal + 1]
+  new_reward = jnp.asarray(compute_reward(next_obs["achieved_goal"], new_goal, None), jnp.float32)
+  virtual = rows >= start
+  goal = jnp.where(virtual[:, None], new_goal, obs["desired_goal"])
+  return Batch(obs={**obs, "desired_goal": goal}, action=buf.action[ep, t],
+               reward=jnp.where(virtual, new_reward, reward), next_obs={**next_obs, "desired_goal": goal},
                done=jnp.zeros((batch_size,), jnp.float32))

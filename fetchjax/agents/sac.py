@@ -206,9 +206,13 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
   adam = lambda: optax.adam(c.learning_rate, b1=0.9, b2=0.999, eps=c.adam_eps)  # noqa: E731
   actor_tx, critic_tx, ent_tx = adam(), adam(), adam()
   auto, alpha0 = parse_ent_coef(c.ent_coef)
-  target_entropy = -float(action_size) if c.target_entropy == "auto" else float(c.target_entropy)
+  te = c.target_entropy  # "auto", a number, or an array traced by fetchjax.sweep
+  target_entropy = -float(action_size) if isinstance(te, str) else te if hasattr(te, "dtype") else float(te)
 
-  swept_alpha = not isinstance(alpha0, float)  # a fixed coefficient traced by fetchjax.sweep
+  # ent_coef traced by fetchjax.sweep: per point learned or fixed (a traced flag), its initial/fixed alpha and
+  # log alpha (computed on the host as a run computes it): both updates run, the flag selects one
+  swept_alpha = isinstance(c.ent_coef, dict)
+  traced_alpha = swept_alpha or not isinstance(alpha0, float)  # (a sweep of fixed values only: an array)
 
   @jax.custom_batching.sequential_vmap  # under vmap over seeds: one seed at a time (same values, faster compile)
   def init_one(key):  # closes over no traced value (sequential_vmap cannot batch one)
@@ -216,15 +220,16 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
     obs = obs_zeros(obs_spec)
     critic_params = critic.init(k_critic, obs, jnp.zeros((1, action_size)))
     actor_params = actor.init(k_actor, actor_in(critic_params, obs))
-    log_ent_coef = jnp.full((1,), 0.0 if swept_alpha else math.log(alpha0), jnp.float32)
+    log_ent_coef = jnp.full((1,), 0.0 if traced_alpha else math.log(alpha0), jnp.float32)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(actor_params, critic_params, critic_params, log_ent_coef, actor_tx.init(actor_params),
                       critic_tx.init(critic_params), ent_tx.init(log_ent_coef), key, zero, zero, zero)
 
   def init(key):
     ts = init_one(key)
-    if swept_alpha:  # unused by the fixed-coefficient update, stored as a run with that value stores it
-      ts = ts.replace(log_ent_coef=jnp.full((1,), jnp.log(alpha0), jnp.float32))
+    if traced_alpha:  # as a run with that value stores it (unused by the fixed-coefficient update)
+      log0 = c.ent_coef["log_alpha0"] if swept_alpha else jnp.log(alpha0)
+      ts = ts.replace(log_ent_coef=jnp.full((1,), log0, jnp.float32))
     return ts
 
   def update_with_noise(ts: TrainState, batch: Batch, noise_pi, noise_next, grad_step):
@@ -235,12 +240,17 @@ def make_learner(config: SACConfig, obs_spec: dict, action_size: int = 4) -> Lea
 
     _, log_prob = policy(ts.actor_params, ts.critic_params, batch.obs, noise_pi)
     # 2. entropy coefficient: loss and step; alpha from BEFORE the step is used below
-    if auto:
+    if swept_alpha or auto:
       ent_coef = jnp.exp(ts.log_ent_coef[0])
       ent_loss, g = jax.value_and_grad(ent_coef_loss_fn)(ts.log_ent_coef, log_prob, target_entropy)
       upd, ent_opt_state = ent_tx.update(g, ts.ent_opt_state, ts.log_ent_coef)
       log_ent_coef = optax.apply_updates(ts.log_ent_coef, upd)
-    else:
+    if swept_alpha:
+      keep = lambda new, old: jnp.where(auto, new, old)  # noqa: E731
+      ent_coef, ent_loss = keep(ent_coef, jnp.asarray(alpha0, jnp.float32)), keep(ent_loss, jnp.float32(jnp.nan))
+      ent_opt_state = jax.tree.map(keep, ent_opt_state, ts.ent_opt_state)
+      log_ent_coef = keep(log_ent_coef, ts.log_ent_coef)
+    elif not auto:
       ent_coef = jnp.asarray(alpha0, jnp.float32)
       ent_loss, ent_opt_state, log_ent_coef = jnp.asarray(jnp.nan, jnp.float32), ts.ent_opt_state, ts.log_ent_coef
     # 3. soft target from the current actor on s' and the target critics
