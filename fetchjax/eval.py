@@ -31,7 +31,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
 
   Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal [seeds, n, 3]
   and, if `record` > 0, "replay": the `envs.backend.Replay` of the first `record` envs' states [seeds, T, record,
-  ...] (T states, the reset one first).
+  ...] (T states, the reset one first), and with pixel observations "pixels": the frames acted on [seeds, T,
+  record, S, S, 3].
   """
   T = env.max_episode_steps
   stochastic = keys is not None
@@ -45,6 +46,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0):
       out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
       if record:
         out["physics"] = env.backend.snapshot(s.pipeline_state, record)
+        if "pixels" in s.obs:  # the frames the policy acted on
+          out["pixels"] = s.obs["pixels"][:record]
       return (nxt, k), out
 
     (last, _), out = jax.lax.scan(body, (state0, key), jnp.arange(T))
@@ -113,16 +116,18 @@ def with_run_info(report: dict, run_dir, ckpt_step: int, meta: dict) -> dict:
 
 
 def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100, seed_base: int = 0,
-             deterministic: bool = True, backend: str = "auto", record: int = 0, key=None) -> tuple[dict, dict]:
-  """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout)."""
-  env = envs.make(env_id, num_envs=n_episodes, backend=backend)
+             deterministic: bool = True, backend: str = "auto", record: int = 0, key=None,
+             pixels=None) -> tuple[dict, dict]:
+  """Scores vmapped `policies` (one per training seed) on the book's tasks; returns (report, rollout).
+  `pixels`: the run's `pixels.PixelConfig` (None: goal-dict observations)."""
+  env = envs.make(env_id, num_envs=n_episodes, backend=backend, pixels=pixels)
   xy, goals = book_tasks(env_id, n_episodes, seed_base)
   state0 = env.reset_to(xy, goals)
   keys = None if deterministic else jax.random.split(key if key is not None else jax.random.PRNGKey(seed_base),
                                                      len(seeds))
   t0 = time.time()
   out = rollout(env, act, policies, state0, keys, record)
-  zero = lambda policy, obs, key=None: jnp.zeros(obs["observation"].shape[:-1] + (4,))
+  zero = lambda policy, obs, key=None: jnp.zeros(obs["desired_goal"].shape[:-1] + (4,))
   base = episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0)
   per_seed = [episode_metrics(out, i) for i in range(len(seeds))]
   report = dict(
@@ -155,13 +160,21 @@ def gymnasium_episodes(policy, env_id: str, n_episodes: int = 100, seed_base: in
 def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, deterministic: bool = True,
                  backend: str | None = None, step: int | None = None) -> dict:
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
+  from fetchjax import agents
+
   report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
-                       deterministic, backend or meta.get("backend", "auto"))
+                       deterministic, backend or meta.get("backend", "auto"),
+                       pixels=agents.env_config_from_meta(meta).pixel_config())
   return with_run_info(report, run_dir, ckpt_step, meta)
 
 
 def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, step: int | None = None) -> dict:
   meta = runs.RunDir(run_dir).read_meta()
+  from fetchjax import agents
+
+  if agents.env_config_from_meta(meta).pixels:
+    raise runs.RunError("this run acts on pixel observations, which gymnasium-robotics' goal dict lacks; "
+                        "evaluate it on fetchjax's env (without the gymnasium option)")
   t0 = time.time()
   policies = [load_policy(run_dir, i, step) for i in range(len(meta["seeds"]))]
   per_seed = [gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base) for pol in policies]

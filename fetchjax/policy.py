@@ -32,19 +32,22 @@ class Policy:
   """Deterministic policy of one training seed: `policy(obs_dict) -> action` (numpy in, numpy out).
 
   `obs_dict` is a gymnasium-robotics observation, single ({"observation": (10,), ...} -> action (4,)) or
-  batched (leading axis n -> actions (n, 4)), e.g. from a gymnasium vector env."""
+  batched (leading axis n -> actions (n, 4)), e.g. from a gymnasium vector env. For a run with pixel observations
+  (`--pixels`): the fetchjax pixel env's dict (pixels [S, S, 3] uint8, proprioception, achieved_goal,
+  desired_goal), single or batched."""
 
-  def __init__(self, act, policy, env_id: str, algo: str, seed: int, step: int):
+  def __init__(self, act, policy, env_id: str, algo: str, seed: int, step: int, keys: tuple[str, ...] = OBS_KEYS):
     self.env_id, self.algo, self.seed, self.step = env_id, algo, seed, step
     self._policy = policy
     self._act = jax.jit(act)
+    self.keys = tuple(keys)
 
   def __call__(self, obs: dict) -> np.ndarray:
-    missing = [k for k in OBS_KEYS if k not in obs]
+    missing = [k for k in self.keys if k not in obs]
     if missing:
-      raise ValueError(f"observation dict lacks {missing}; expected the goal dict of {self.env_id}")
-    x = {k: np.asarray(obs[k], np.float32) for k in OBS_KEYS}
-    single = x["observation"].ndim == 1
+      raise ValueError(f"observation dict lacks {missing}; expected the keys {list(self.keys)} of {self.env_id}")
+    x = {k: np.asarray(obs[k], np.uint8 if k == "pixels" else np.float32) for k in self.keys}
+    single = x["desired_goal"].ndim == 1
     if single:
       x = {k: v[None] for k, v in x.items()}
     a = np.asarray(self._act(self._policy, x), np.float32)
@@ -62,4 +65,8 @@ def load_policy(run_dir, seed_index: int = 0, step: int | None = None) -> Policy
   if not 0 <= seed_index < n:
     raise runs.RunError(f"seed_index {seed_index} out of range: the run trained {n} seed(s) {meta['seeds']}")
   one = jax.tree.map(lambda x: np.asarray(x)[seed_index], policies)
-  return Policy(algo.make_act(config), one, meta["env_id"], meta["algo"], meta["seeds"][seed_index], ckpt_step)
+  keys = OBS_KEYS
+  if agents.env_config_from_meta(meta).pixels:
+    from fetchjax.envs.pixels import OBS_KEYS as keys
+  return Policy(algo.make_act(config), one, meta["env_id"], meta["algo"], meta["seeds"][seed_index], ckpt_step,
+                keys)

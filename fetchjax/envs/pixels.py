@@ -29,6 +29,7 @@ from fetchjax.envs import scene
 from fetchjax.envs.tasks import FetchTask
 
 IMAGE_KEY = "pixels"
+OBS_KEYS = ("achieved_goal", "desired_goal", "pixels", "proprioception")  # sorted, as the book's Dict space
 MODES = ("native", "resize")
 SOURCE_SIZE = 480  # gymnasium's default render size, the book's (resize mode)
 PUSH_PROPRIO = (0, 1, 2, 9, 10, 20, 21, 22, 23, 24)
