@@ -118,7 +118,8 @@ def actor_and_critic(config, make_actor):
   owns under `config.encoder_routing` (config.encoder, config.hidden_sizes)."""
   from fetchjax import encoders
 
-  enc = encoders.make(config.encoder, hidden_keys(config))
+  hidden = hidden_keys(config)
+  enc = encoders.make(config.encoder, hidden_keys=hidden) if hidden else encoders.make(config.encoder)
   return make_actor(enc if actor_owns_encoder(config.encoder_routing) else None), DoubleCritic(config.hidden_sizes,
                                                                                                 enc)
 
