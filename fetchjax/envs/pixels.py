@@ -33,6 +33,10 @@ OBS_KEYS = ("achieved_goal", "desired_goal", "pixels", "proprioception")  # sort
 MODES = ("native", "resize")
 SOURCE_SIZE = 480  # gymnasium's default render size, the book's (resize mode)
 PUSH_PROPRIO = (0, 1, 2, 9, 10, 20, 21, 22, 23, 24)
+# Warp rays per pixel per axis (2: 4 samples averaged). OpenGL draws the model's offscreen buffer with 4x MSAA
+# (vis.quality.offsamples = 4), so its edges are antialiased: one ray per pixel would leave 1.2% of an 84x84 frame's
+# pixels > 64 grey levels off the OpenGL frame at silhouettes, 2x2 leaves 0.02% (scripts/measure_pixels.py parity).
+WARP_SAMPLES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +185,8 @@ class WarpRenderer:
         from mujoco import mjx
         rc = mjx.create_render_context(self.mj, nworld=n, cam_res=(self.config.render_size,) * 2, render_rgb=True,
                                        render_depth=False, use_textures=True, use_shadows=False,
-                                       cam_active=[self.cam_id], render_skybox=True)
+                                       cam_active=[self.cam_id], render_skybox=True,
+                                       samples_per_pixel=WARP_SAMPLES)
       self._contexts[n] = rc
     return self._contexts[n]
 
