@@ -257,7 +257,7 @@ def render_model(task: FetchTask) -> mujoco.MjModel:
     * the mocap crosshair (four translucent boxes, up to 2 m long, at the mocap target) hidden: its pose is not in
       the warp backend's state and its faint lines would be the only difference between backends' frames.
   Rendered with the free camera's own settings (`free_camera_pose`, the model's fovy), an 84x84 frame of this
-  model differs from `render.render_frames(..., 84, 84)` only where the hidden crosshair was (tests/test_pixels.py)."""
+  model equals `render.render_frames(..., 84, 84)` (which hides the crosshair too; tests/test_pixels.py)."""
   stock, _ = stock_model(task)
   spec = mujoco.MjSpec.from_file(xml_path(task))
   pos, quat = free_camera_pose(**BOOK_CAMERA)
