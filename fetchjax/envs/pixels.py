@@ -36,7 +36,7 @@ PUSH_PROPRIO = (0, 1, 2, 9, 10, 20, 21, 22, 23, 24)
 # Warp rays per pixel per axis (2: 4 samples averaged). OpenGL draws the model's offscreen buffer with 4x MSAA
 # (vis.quality.offsamples = 4), so its edges are antialiased: one ray per pixel would leave 1.2% of an 84x84 frame's
 # pixels > 64 grey levels off the OpenGL frame at silhouettes, 2x2 leaves 0.02% (scripts/measure_pixels.py parity).
-WARP_SAMPLES = 2
+WARP_SAMPLES = 2  # native mode; "resize" traces 1 ray per 480x480 pixel (its antialiased resize averages them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +186,7 @@ class WarpRenderer:
         rc = mjx.create_render_context(self.mj, nworld=n, cam_res=(self.config.render_size,) * 2, render_rgb=True,
                                        render_depth=False, use_textures=True, use_shadows=False,
                                        cam_active=[self.cam_id], render_skybox=True,
-                                       samples_per_pixel=WARP_SAMPLES)
+                                       samples_per_pixel=WARP_SAMPLES if self.config.mode == "native" else 1)
       self._contexts[n] = rc
     return self._contexts[n]
 
