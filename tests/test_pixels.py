@@ -14,7 +14,7 @@ import pytest
 
 from fetchjax import envs, render
 from fetchjax.envs import scene
-from fetchjax.envs.pixels import PUSH_PROPRIO, PixelConfig, gl_frames
+from fetchjax.envs.pixels import PixelConfig, gl_frames
 from fetchjax.envs.tasks import TASKS
 
 PUSH = TASKS["FetchPush-v4"]
@@ -69,7 +69,8 @@ def test_cpu_pixel_observations(cpu_pair):
   for _ in range(3):
     s, sp = step(s, a), step_plain(sp, a)
   assert s.obs["pixels"].shape == (2, 48, 48, 3) and s.obs["pixels"].dtype == jnp.uint8
-  np.testing.assert_array_equal(s.obs["proprioception"], sp.obs["observation"][:, np.array(PUSH_PROPRIO)])
+  book = [0, 1, 2, 9, 10, 20, 21, 22, 23, 24]  # grip_pos, gripper_state, grip_velp, gripper_vel (algorithms.md §5.1)
+  np.testing.assert_array_equal(s.obs["proprioception"], sp.obs["observation"][:, book])
   np.testing.assert_array_equal(s.obs["achieved_goal"], sp.obs["achieved_goal"])
   np.testing.assert_array_equal(s.reward, sp.reward)
   np.testing.assert_array_equal(s.obs["pixels"], gl_frames(PUSH, PixelConfig(48), _qpos(px, s), s.obs["desired_goal"]))
