@@ -36,7 +36,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0, frame_stack:
   scan and rebuilt from the env's single frames as training does (`agents.frames`: first-frame copies at the
   episode start). Returns numpy arrays [seeds, T, n, ...]: reward, success, action, final achieved/desired goal
   [seeds, n, 3] and, if `record` > 0, "replay": the `envs.backend.Replay` of the first `record` envs' states
-  [seeds, T, record, ...] (T states, the reset one first).
+  [seeds, T, record, ...] (T states, the reset one first), and with pixel observations "pixels": the single
+  frames seen [seeds, T, record, S, S, 3].
   """
   T = env.max_episode_steps
   stochastic = keys is not None
@@ -50,6 +51,8 @@ def rollout(env, act, policies, state0, keys=None, record: int = 0, frame_stack:
       out = dict(reward=nxt.reward, success=nxt.info["is_success"], action=a)
       if record:
         out["physics"] = env.backend.snapshot(s.pipeline_state, record)
+        if "pixels" in s.obs:  # the frames seen (the newest of each stack acted on)
+          out["pixels"] = s.obs["pixels"][:record]
       stacked = None if frame_stack == 1 else frames.push(stacked, nxt.obs, frame_stack, first=nxt.done > 0)
       return (nxt, k, stacked), out
 
@@ -152,7 +155,7 @@ def evaluate(env_id: str, act, policies, seeds: list[int], n_episodes: int = 100
                                                      len(seeds))
   t0 = time.time()
   out = rollout(env, act, policies, state0, keys, record, frame_stack)
-  zero = lambda policy, obs, key=None: jnp.zeros(obs["achieved_goal"].shape[:-1] + (4,))
+  zero = lambda policy, obs, key=None: jnp.zeros(obs["desired_goal"].shape[:-1] + (4,))
   base = episode_metrics(rollout(env, zero, jnp.zeros((1,)), state0), 0)
   per_seed = [episode_metrics(out, i) for i in range(len(seeds))]
   report = dict(
@@ -185,6 +188,7 @@ def gymnasium_episodes(policy, env_id: str, n_episodes: int = 100, seed_base: in
 def evaluate_run(run_dir, n_episodes: int = 100, seed_base: int = 0, deterministic: bool = True,
                  backend: str | None = None, step: int | None = None) -> dict:
   meta, algo, config, policies, ckpt_step = load_run(run_dir, step)
+
   report, _ = evaluate(meta["env_id"], algo.make_act(config), policies, meta["seeds"], n_episodes, seed_base,
                        deterministic, backend or meta.get("backend", "auto"), frame_stack=algo.frame_stack(config),
                        env_config=agents.env_config_from_meta(meta))
@@ -195,10 +199,10 @@ def evaluate_run_gymnasium(run_dir, n_episodes: int = 100, seed_base: int = 0, s
   meta = runs.RunDir(run_dir).read_meta()
   algo = agents.get(meta["algo"])
   needs = algo.pixel_needs(algo.config_from_dict(meta["config"]))
-  if needs:
+  if needs or agents.env_config_from_meta(meta).pixels:
     raise runs.RunError(f"--sim gymnasium drives state policies; this run's policy reads rendered frames "
-                        f"({', '.join(needs)}): evaluate it in fetchjax, or wrap gymnasium-robotics in a pixel "
-                        "observation wrapper and drive fetchjax.load_policy yourself (README, Pixels)")
+                        f"({', '.join(needs or ['pixels'])}): evaluate it in fetchjax, or wrap gymnasium-robotics "
+                        "in a pixel observation wrapper and drive fetchjax.load_policy yourself (README, Pixels)")
   t0 = time.time()
   policies = [load_policy(run_dir, i, step) for i in range(len(meta["seeds"]))]
   per_seed = [gymnasium_episodes(pol, meta["env_id"], n_episodes, seed_base) for pol in policies]

@@ -274,6 +274,19 @@ def render_frames(env_id: str, qpos: np.ndarray, goal: np.ndarray, width: int = 
   return frames
 
 
+def side_by_side(small: np.ndarray, big: np.ndarray) -> np.ndarray:
+  """Frames [T, h, w, 3] (e.g. the agent's 84x84 pixel observations) scaled up to the height of frames
+  [T, H, W', 3] with nearest-neighbour sampling (each observed pixel stays a visible block), on their left."""
+  small, big = np.asarray(small, np.uint8), np.asarray(big, np.uint8)
+  if small.ndim != 4 or big.ndim != 4 or small.shape[0] != big.shape[0]:
+    raise ValueError(f"expected frames [T, h, w, 3] and [T, H, W, 3], got {small.shape} and {big.shape}")
+  height = big.shape[1]
+  width = round(small.shape[2] * height / small.shape[1])
+  rows = np.arange(height) * small.shape[1] // height
+  cols = np.arange(width) * small.shape[2] // width
+  return np.concatenate([small[:, rows][:, :, cols], big], axis=2)
+
+
 def write_video(frames: np.ndarray, path: str, fps: int = 25) -> str:
   """H.264 MP4 (yuv420p, plays everywhere) of frames [T, H, W, 3] uint8, through imageio-ffmpeg."""
   import imageio.v2 as imageio

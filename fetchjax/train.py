@@ -62,8 +62,11 @@ def parse_overrides(items: list[str]) -> dict:
   return out
 
 
-def default_preset(algo: str = "ppo", env_id: str = DEFAULT_ENV, her: bool = False) -> str:
-  """The book's settings on CPU (for off-policy + HER: the ch5 Reach or Push ones), `gpu` on an accelerator."""
+def default_preset(algo: str = "ppo", env_id: str = DEFAULT_ENV, her: bool = False, pixels: bool = False) -> str:
+  """The book's settings on CPU (for off-policy + HER: the ch5 Reach or Push ones), `gpu` on an accelerator;
+  SAC on rendered frames: the book's ch9 Step 2 (`book_pixels`, on any device: no GPU pixel preset yet)."""
+  if pixels and algo == "sac":
+    return "book_pixels"
   if jax.default_backend() != "cpu":
     return "gpu"
   if algo == "ppo" or not her:
@@ -266,15 +269,25 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
                      + (" (encoders and frame stacks for pixels are sac/td3 settings)" if pixel else ""))
   if (a.her_n_sampled_goal is not None or a.her_strategy) and not a.her:
     raise ValueError("--her-n-sampled-goal / --her-strategy need --her")
-  preset = a.preset or default_preset(a.algo, a.env, bool(a.her))
+  preset = a.preset or default_preset(a.algo, a.env, bool(a.her), bool(a.pixels or a.strict_pixels))
   if preset not in algo.presets:
     raise ValueError(f"unknown {a.algo} preset {preset!r}; available: {', '.join(sorted(algo.presets))}")
   set_values = parse_overrides(a.set)
   own_flags = {"env_id": "--env", "total_timesteps": "--total-steps", "num_envs": "--n-envs", "backend": "--backend",
-               "physics": "--physics", "jdotv": "--no-jdotv", "threads": "--threads"}
+               "physics": "--physics", "jdotv": "--no-jdotv", "threads": "--threads", "pixels": "--pixels",
+               "strict_pixels": "--strict-pixels", "image_size": "--image-size", "render_mode": "--render-mode"}
   for key, flag in own_flags.items():
     if key in set_values:
       raise ValueError(f"{key} has its own flag: use {flag} instead of --set {key}=...")
+  pixels = a.pixels or a.strict_pixels
+  if not pixels and (a.image_size is not None or a.render_mode):
+    raise ValueError("--image-size / --render-mode need --pixels")
+  if pixels and "hide_achieved_goal" not in fields:
+    raise ValueError(f"--pixels needs an off-policy algorithm with a pixel encoder (sac or td3), not --algo {a.algo}")
+  if a.strict_pixels:
+    if set_values.get("hide_achieved_goal") is False:
+      raise ValueError("--strict-pixels hides achieved_goal from the networks: drop --set hide_achieved_goal=false")
+    set_values["hide_achieved_goal"] = True
   overrides = {**given, **set_values}
   if "ent_coef" in overrides:
     overrides["ent_coef"] = _parse_value(str(overrides["ent_coef"]))
@@ -282,9 +295,15 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
     overrides["total_timesteps"] = a.total_steps
   config = algo.preset(preset, **overrides)
   env_flags = {"num_envs": a.n_envs, "backend": a.backend, "physics": a.physics, "threads": a.threads,
-               "jdotv": False if a.no_jdotv else None}
+               "jdotv": False if a.no_jdotv else None, "pixels": pixels or None,
+               "strict_pixels": a.strict_pixels or None, "image_size": a.image_size, "render_mode": a.render_mode}
   env = algo.env_preset(preset, env_id=a.env, **{k: v for k, v in env_flags.items() if v is not None})
   config.check_env(env.num_envs)
+  if env.pixels:
+    from fetchjax import encoders
+    from fetchjax.envs.pixels import OBS_KEYS as PIXEL_KEYS
+
+    encoders.check_inputs(config.encoder, PIXEL_KEYS)  # e.g. the default 'flat' encoder on pixels: one line here
   run_dir = a.run_dir or f"runs/{a.algo}_{a.env}_{time.strftime('%Y%m%d-%H%M%S')}"
   devices.plan_devices(len(seeds), jax.local_device_count(), a.devices)  # one-line errors, here
   keep_buffer = a.checkpoint_buffer != "off"
@@ -624,7 +643,10 @@ def _video(rd, plan, out, say) -> None:
     for e in range(replay.qpos.shape[2]):
       mocap = {} if replay.mocap_pos is None else dict(mocap_pos=replay.mocap_pos[0, :, e],
                                                          mocap_quat=replay.mocap_quat[0, :, e])
-      frames.append(render.render_frames(plan.env_id, replay.qpos[0, :, e], goals[e], **mocap))
+      camera = render.render_frames(plan.env_id, replay.qpos[0, :, e], goals[e], **mocap)
+      if "pixels" in out:  # what the agent saw (its pixel observations), scaled up beside the 480 camera
+        camera = render.side_by_side(out["pixels"][0, :, e], camera)
+      frames.append(camera)
     path = rd.video_path(plan.algo, plan.env_id, plan.seeds[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     render.write_video(np.concatenate(frames), str(path), fps=25)
@@ -648,6 +670,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                  help="mjx/warp solver settings: fast (capped Newton, default) or exact (the XML's)")
   p.add_argument("--no-jdotv", action="store_true", help="mjx: leave out the J̇·v weld term (to measure its effect)")
   p.add_argument("--threads", type=int, default=None, help="cpu backend: worker threads (default: every core)")
+  p.add_argument("--pixels", action="store_true", help="book ch9 observations: a rendered frame per step, "
+                 "proprioception and the goals (sac/td3 with a pixel encoder; backend cpu or warp)")
+  p.add_argument("--strict-pixels", action="store_true",
+                 help="--pixels, and the networks never read achieved_goal (HER still recomputes rewards with it)")
+  p.add_argument("--image-size", type=int, default=None, help="--pixels: frame size (default 84)")
+  p.add_argument("--render-mode", choices=envs.config.RENDER_MODES, default=None,
+                 help="--pixels: native (render at the frame size, default) or resize (480, antialiased resize)")
   p.add_argument("--her", action="store_true", default=None, help="Hindsight Experience Replay (sac, td3)")
   p.add_argument("--her-n-sampled-goal", "--n-sampled-goal", type=int, default=None, metavar="K",
                  help="HER relabelled goals per real one (default 4)")
@@ -715,7 +744,8 @@ def main(argv=None) -> int:
   if a.step is not None and not a.resume:
     p.error("--step picks the checkpoint to resume from: it needs --resume RUN_DIR")
   if a.resume and (a.run_dir or a.set or a.seeds or a.n_envs or a.preset or a.backend or a.algo != "ppo"
-                   or a.physics or a.no_jdotv or a.threads is not None
+                   or a.physics or a.no_jdotv or a.threads is not None or a.pixels or a.strict_pixels
+                   or a.image_size is not None or a.render_mode
                    or a.env != DEFAULT_ENV or a.seed != 0 or a.her or a.her_n_sampled_goal is not None
                    or a.her_strategy or a.ent_coef is not None or a.gamma is not None
                    or a.encoder or a.critic_encoder or a.drq is not None or a.frame_stack is not None

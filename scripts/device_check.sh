@@ -9,6 +9,10 @@
 #   profile_mjx    the same for MJX-JAX at FETCHJAX_CHECK_MJX_SIZES envs
 #   fidelity_mjx   python -m parity --skip warp (MJX-JAX)
 #   sac_push       a short SAC+HER FetchPush-v4 run
+#   pixels_parity  issue 15: warp's batch-rendered 84x84 frames (inside the jitted step, on the GPU) vs the OpenGL
+#                  frames of the same states (scripts/measure_pixels.py parity; side-by-side PNG)
+#   pixels_rate    issue 15: rendered pixel env-steps/s vs num_envs, warp (84x84), beside the env without pixels
+#   sac_pixels     issue 15: a short SAC+HER FetchPush-v4 --pixels run (ManipulationExtractor, critic routing)
 # in this order (most wanted first): a stage starts only with time left in the budget.
 # Writes $OUT/<stage>.log, each tool's JSON, $OUT/stages.json and $OUT/summary.json, and prints a short table last.
 #
@@ -30,7 +34,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SIZE=${FETCHJAX_CHECK_SIZE:-full}
 case "$SIZE" in full|small) ;; *) echo "device_check: FETCHJAX_CHECK_SIZE must be full or small" >&2; exit 2;; esac
-STAGES=${FETCHJAX_CHECK_STAGES:-setup,doctor,profile_warp,fidelity_warp,ppo,profile_mjx,fidelity_mjx,sac_push}
+STAGES=${FETCHJAX_CHECK_STAGES:-setup,doctor,profile_warp,fidelity_warp,ppo,profile_mjx,fidelity_mjx,sac_push,pixels_parity,pixels_rate,sac_pixels}
 START=$(date +%s)
 STAGES_JSON="$OUT/stages.json"
 echo "[]" > "$STAGES_JSON"
@@ -41,6 +45,8 @@ if [ "$SIZE" = full ]; then
   PROFILE_STEPS=50; PARITY_ARGS=(--envs FetchReach-v4 FetchPush-v4 --episodes 200)
   PPO_ARGS=(--total-steps 1000000); SAC_ARGS=(--total-steps 200000)
   T_DOCTOR=90; T_PROFILE=150; T_FIDELITY=120; T_PPO=150; T_SAC=120
+  PIXEL_SIZES=${FETCHJAX_CHECK_PIXEL_SIZES:-256,1024,4096}; PIXEL_SAC_ARGS=(--total-steps 20000 --eval-episodes 20)
+  T_PIXELS=150
 else
   BUDGET=${FETCHJAX_CHECK_BUDGET_S:-3600}
   SIZES=${FETCHJAX_CHECK_SIZES:-4}; MJX_SIZES=${FETCHJAX_CHECK_MJX_SIZES:-4}
@@ -50,6 +56,9 @@ else
   SAC_ARGS=(--n-envs 2 --set buffer_size=1000 --set batch_size=32 --set learning_starts=100
             --set hidden_sizes=16,16 --total-steps 300 --eval-episodes 2 --video-episodes 0)
   T_DOCTOR=600; T_PROFILE=900; T_FIDELITY=1200; T_PPO=600; T_SAC=600
+  PIXEL_SIZES=${FETCHJAX_CHECK_PIXEL_SIZES:-2}; T_PIXELS=600
+  PIXEL_SAC_ARGS=(--n-envs 2 --image-size 16 --set buffer_size=1000 --set batch_size=16 --set learning_starts=100
+                  --set hidden_sizes=16,16 --total-steps 200 --eval-episodes 2 --video-episodes 0)
 fi
 WARP_KNOBS=()
 [ -n "${FETCHJAX_CHECK_WARP:-}" ] && WARP_KNOBS=(--warp "$FETCHJAX_CHECK_WARP")
@@ -128,6 +137,13 @@ want profile_mjx && profile profile_mjx mjx "$MJX_SIZES"
 want fidelity_mjx && fidelity fidelity_mjx warp
 want sac_push && stage sac_push "$T_SAC" "$PY" -m fetchjax.train --algo sac --her --env FetchPush-v4 \
   "${SAC_ARGS[@]}" --run-dir "$OUT/sac_push"
+want pixels_parity && stage pixels_parity "$T_PIXELS" "$PY" scripts/measure_pixels.py parity --size 84 \
+  --png "$OUT/pixels_parity.png" --out "$OUT/pixels_parity.json"
+want pixels_rate && stage pixels_rate "$T_PIXELS" "$PY" scripts/measure_pixels.py rate --backends warp \
+  --num-envs "$PIXEL_SIZES" --out "$OUT/pixels_rate.json"
+want sac_pixels && stage sac_pixels "$T_SAC" "$PY" -m fetchjax.train --algo sac --her --env FetchPush-v4 --pixels \
+  --backend warp --set encoder=manipulation --set encoder_routing=critic --set frame_stack=1 --set buffer_size=100000 \
+  "${PIXEL_SAC_ARGS[@]}" --run-dir "$OUT/sac_pixels"
 
 "$PY" scripts/device_check_summary.py "$OUT" "$SIZE" "$(( $(date +%s) - START ))"
 exit $RC_ALL

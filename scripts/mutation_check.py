@@ -56,6 +56,7 @@ PPO, HER, SAC, TD3, TRAIN = "fetchjax/agents/ppo.py", "fetchjax/agents/her.py", 
 OFFPOLICY, NETS, DRQ = "fetchjax/agents/offpolicy.py", "fetchjax/agents/nets.py", "fetchjax/agents/drq.py"
 CKPT = "fetchjax/checkpoints.py"
 EVAL, POLICY, DIAG = "fetchjax/eval.py", "fetchjax/policy.py", "fetchjax/diagnostics.py"
+PIXELS = "fetchjax/envs/pixels.py"
 CPU_ROLLOUTS = "tests/test_parity_cpu.py::test_multi_episode_rollouts_match_gymnasium"
 SB3_COLLECT = "tests/test_sb3_parity.py::test_collected_rollout_matches_sb3"
 
@@ -239,6 +240,20 @@ MUTATIONS = [
       'if "Push" not in c["env_id"] or c["pixels"]:', 'if "Push" not in c["env_id"]:',
       "tests/test_diagnostics_offpolicy.py::"
       "test_a_flat_pixel_run_warns_at_3m_and_at_its_end_not_with_the_state_push_rule"),
+    # --- issue 15: pixel observations ------------------------------------------------------------------------
+    M("pixels_stale_reset_frame", "cpu pixels: an env that resets keeps its last frame as the next episode's first",
+      CPU, "            f_next[i] = self._renderer().frame(d.qpos, goal_next[i])", "            f_next[i] = f_last[i]",
+      "tests/test_pixels.py::test_episode_end_frames"),
+    M("pixels_goal_marker_fixed", "pixels: the goal marker is not moved to the goal", PIXELS,
+      "    d.mocap_pos[self.goal_mocap] = goal", "    d.mocap_pos[self.goal_mocap] = 0.0 * goal",
+      "tests/test_pixels.py::test_frames_follow_the_block_and_the_goal"),
+    M("pixels_proprio_indices", "pixels: proprioception takes the object position instead of the finger state",
+      PIXELS, "PUSH_PROPRIO = (0, 1, 2, 9, 10, 20, 21, 22, 23, 24)", "PUSH_PROPRIO = (0, 1, 2, 3, 4, 20, 21, 22, 23, 24)",
+      "tests/test_pixels.py::test_cpu_pixel_observations"),
+    M("strict_pixels_leak", "strict pixels: the pixel encoders read achieved_goal anyway", "fetchjax/encoders/cnn.py",
+      "    keys = [k for k in obs if k != image_key and k not in hidden_keys]",
+      "    keys = [k for k in obs if k != image_key]",
+      "tests/test_pixels.py::test_strict_pixels_networks_never_read_achieved_goal"),
 ]
 
 

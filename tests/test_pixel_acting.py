@@ -228,3 +228,13 @@ def test_book_pixels_is_the_books_step2_on_ch5s_push_config():
   assert algo.env_preset("book_pixels").env_id == "FetchPush-v4" and algo.env_preset("book_pixels").num_envs == 8
   assert algo.frame_stack(c) == 4 and algo.pixel_needs(c) == ["encoder 'manipulation'", "frame_stack 4"]
   assert agents.get("ppo").frame_stack(agents.get("ppo").preset("book")) == 1 and algo.pixel_needs(push) == []
+
+
+def test_pixels_default_to_the_book_pixels_preset_for_sac():
+  """`--pixels` with SAC and no --preset runs the book's working ch9 setting; the preset itself renders frames."""
+  assert fj_train.default_preset("sac", "FetchPush-v4", her=True, pixels=True) == "book_pixels"
+  assert fj_train.default_preset("sac", "FetchPush-v4", her=True) != "book_pixels"
+  assert fj_train.default_preset("td3", "FetchPush-v4", her=True, pixels=True) != "book_pixels"
+  from fetchjax import agents
+
+  assert agents.get("sac").env_preset("book_pixels").pixels is True

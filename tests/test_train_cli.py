@@ -432,8 +432,9 @@ def _cli(*args, cwd=None):
     (["--algo", "sac", "--set", "tau=-1"], "tau must be in (0, 1]"),
     (["--step", "5"], "--step picks the checkpoint to resume from"),
     (["--algo", "ppo", "--frame-stack", "4"], "--frame-stack do(es) not apply to --algo ppo"),
-    (["--algo", "sac", "--her", "--env", "FetchPush-v4", "--preset", "book_pixels"],
-     "--preset book_pixels needs --pixels"),
+    (["--algo", "sac", "--her", "--env", "FetchPush-v4", "--preset", "book_pixels", "--backend", "mjx"],
+     "pixels need a renderer: backend 'mjx'"),   # the preset renders frames; MJX-JAX has no renderer
+    (["--algo", "sac", "--her", "--frame-stack", "4"], "need(s) --pixels"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
   r = _cli(*args) if "--resume" in args else _cli(*args, "--run-dir", str(tmp_path / "x"))

@@ -107,12 +107,19 @@ def actor_owns_encoder(routing: str) -> bool:
   return routing == "separate"
 
 
+def hidden_keys(config) -> tuple[str, ...]:
+  """Observation keys an off-policy config's networks never read: achieved_goal with `hide_achieved_goal` (strict
+  pixels: in Push the true object position, which stays in the observation for HER's reward recomputation)."""
+  return ("achieved_goal",) if config.hide_achieved_goal else ()
+
+
 def actor_and_critic(config, make_actor):
   """An off-policy algorithm's actor (`make_actor(encoder or None)`) and twin critic, each with the encoder it
   owns under `config.encoder_routing` (config.encoder, config.hidden_sizes)."""
   from fetchjax import encoders
 
-  enc = encoders.make(config.encoder)
+  hidden = hidden_keys(config)
+  enc = encoders.make(config.encoder, hidden_keys=hidden) if hidden else encoders.make(config.encoder)
   return make_actor(enc if actor_owns_encoder(config.encoder_routing) else None), DoubleCritic(config.hidden_sizes,
                                                                                                 enc)
 

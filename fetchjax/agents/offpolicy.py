@@ -87,6 +87,11 @@ def check_offpolicy(config, positive: tuple[str, ...] = ()) -> None:
   nets.check_routing(config.encoder_routing)
   if not isinstance(config.drq, bool):
     raise ValueError(f"drq must be true or false, got {config.drq!r}")
+  if not isinstance(config.hide_achieved_goal, bool):
+    raise ValueError(f"hide_achieved_goal must be true or false, got {config.hide_achieved_goal!r}")
+  if config.hide_achieved_goal and config.encoder == "flat":
+    raise ValueError("hide_achieved_goal (strict pixels) needs a pixel encoder (manipulation or nature); "
+                     "encoder 'flat' reads the whole goal dict")
 
 
 STACK_KEYS = frames.STACK_KEYS          # what frame_stack stacks: the pixels, as the book's wrapper
@@ -203,6 +208,10 @@ def make_offpolicy_runner(config, env, learner: Learner, action_noise_sigma: flo
   c = config
   c.check_env(env.num_envs)
   network_spec(c, env.observation_spec)  # frame_stack / drq need the env's pixels
+  hidden = tuple(getattr(env, "hidden_keys", ()))  # optional env attribute: FetchEnv with strict pixels
+  if tuple(sorted(hidden)) != nets.hidden_keys(c):
+    raise ValueError(f"the env hides {list(hidden)} from the networks (strict pixels) but the config's networks "
+                     f"hide {list(nets.hidden_keys(c))}: set hide_achieved_goal={bool(hidden)}")
   num_envs = env.num_envs
   act_size = env.action_size
   steps = env.max_episode_steps

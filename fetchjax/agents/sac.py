@@ -75,6 +75,7 @@ class SACConfig(EpisodeIterations):
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
   frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
   drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
+  hide_achieved_goal: bool = False    # strict pixels: the networks never read achieved_goal (HER still does)
 
   def __post_init__(self):
     check_offpolicy(self, positive=("target_update_interval",))
@@ -99,7 +100,7 @@ PRESETS: dict[str, SACConfig] = {
     # HER k = 8, 5M steps; what ch9 does not state is ch5's Push config (§5.5 "assume ch5's Push config"; §3.3):
     # gamma 0.95 (implied by its Q = -18.5), ent_coef 0.05 fixed (ch9 L5613 says "automatic tuning" [!]; auto
     # alpha collapses under the sparse reward, rule H11), learning_starts 1000, batch 256, lr 3e-4, [256, 256].
-    # Needs the env's rendered frames (--pixels).
+    # Its env preset renders frames (pixels=True): `--preset book_pixels` alone is the ch9 Step 2 setting.
     "book_pixels": SACConfig(gamma=0.95, learning_starts=1_000, her=True, ent_coef=0.05, n_sampled_goal=8,
                              buffer_size=500_000, total_timesteps=5_000_000, encoder="manipulation",
                              encoder_routing="critic", frame_stack=4, drq=False),
@@ -112,7 +113,7 @@ ENV_PRESETS: dict[str, EnvConfig] = {  # the envs each preset was made for (the 
     "book": EnvConfig("FetchReachDense-v4", num_envs=8),
     "book_her": EnvConfig("FetchReach-v4", num_envs=8),
     "book_her_push": EnvConfig("FetchPush-v4", num_envs=8),
-    "book_pixels": EnvConfig("FetchPush-v4", num_envs=8),   # + the env's rendered frames (--pixels)
+    "book_pixels": EnvConfig("FetchPush-v4", num_envs=8, pixels=True),
     "gpu": EnvConfig("FetchReach-v4", num_envs=512),
 }
 

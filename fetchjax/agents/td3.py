@@ -61,6 +61,7 @@ class TD3Config(EpisodeIterations):
   encoder_routing: str = "separate"   # nets.ROUTINGS: "separate" (SB3) or "critic" (book ch9)
   frame_stack: int = 1                # book ch9: 4 (pixels stacked at sample time from single stored frames)
   drq: bool = False                   # book ch9: DrQ random shift (pad 4) of sampled obs/next_obs pixels
+  hide_achieved_goal: bool = False    # strict pixels: the networks never read achieved_goal (HER still does)
 
   def __post_init__(self):
     check_offpolicy(self, positive=("policy_delay",))

@@ -16,12 +16,15 @@ from fetchjax.encoders.state import OBS_KEYS, FlatState, flatten_obs
 ENCODERS = ("flat", *sorted(cnn.ENCODERS))
 
 
-def make(name: str) -> nn.Module:
-  """The encoder called `name` (a config's `encoder` field)."""
+def make(name: str, hidden_keys: tuple[str, ...] = ()) -> nn.Module:
+  """The encoder called `name` (a config's `encoder` field). `hidden_keys`: observation keys a pixel encoder must
+  not read although the observation holds them (strict pixels: achieved_goal, kept for HER's rewards)."""
   if name == "flat":
+    if hidden_keys:
+      raise ValueError(f"encoder 'flat' reads every goal-dict key; it cannot hide {list(hidden_keys)}")
     return FlatState()
   if name in cnn.ENCODERS:
-    return cnn.make(name)
+    return cnn.make(name, hidden_keys=tuple(hidden_keys)) if hidden_keys else cnn.make(name)
   raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}")
 
 

@@ -119,7 +119,8 @@ class SpatialSoftmax(nn.Module):
     return jnp.concatenate([exp_x, exp_y], axis=-1)
 
 
-def _concat_sorted(obs: dict, image_key: str, image_features, vector_keys: Sequence[str] | None):
+def _concat_sorted(obs: dict, image_key: str, image_features, vector_keys: Sequence[str] | None,
+                   hidden_keys: Sequence[str] = ()):
   """Image features and flattened vector keys, concatenated in sorted key order.
 
   SB3's `CombinedExtractor` (and the book's extractor) concatenate in the order of the observation *space*'s
@@ -127,7 +128,10 @@ def _concat_sorted(obs: dict, image_key: str, image_features, vector_keys: Seque
   default; an OrderedDict or a list of pairs keeps its order), so the ch9 wrapper's space is ordered
   achieved_goal, desired_goal, pixels, proprioception, whatever order the wrapper builds its obs dict in.
   """
-  keys = [k for k in obs if k != image_key] if vector_keys is None else list(vector_keys)
+  if vector_keys is None:
+    keys = [k for k in obs if k != image_key and k not in hidden_keys]
+  else:
+    keys = list(vector_keys)
   batch = image_features.shape[:-1]
   parts = {image_key: image_features}
   for k in keys:
@@ -141,14 +145,15 @@ class ManipulationExtractor(nn.Module):
   through flattened. 80 features for pixels + proprioception (10) + both goals (3 + 3); 66 without
   SpatialSoftmax.
 
-  `vector_keys`: the non-image keys fed to the network (None: every other key of the obs dict), e.g. without
-  achieved_goal for the strict-pixels variant.
+  `vector_keys`: the non-image keys fed to the network (None: every other key of the obs dict but `hidden_keys`),
+  e.g. without achieved_goal for the strict-pixels variant (`hidden_keys=("achieved_goal",)`).
   """
   spatial_softmax: bool = True
   filters: int = 32
   flat_features: int = 50
   image_key: str = IMAGE_KEY
   vector_keys: Sequence[str] | None = None
+  hidden_keys: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, obs: dict):
@@ -158,7 +163,7 @@ class ManipulationExtractor(nn.Module):
     else:
       x = _torch_dense(flatten_chw(x), self.flat_features, "linear")
     x = jnp.tanh(nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="layer_norm")(x))
-    return _concat_sorted(obs, self.image_key, x, self.vector_keys)
+    return _concat_sorted(obs, self.image_key, x, self.vector_keys, self.hidden_keys)
 
 
 class NatureExtractor(nn.Module):
@@ -167,11 +172,12 @@ class NatureExtractor(nn.Module):
   features: int = 256
   image_key: str = IMAGE_KEY
   vector_keys: Sequence[str] | None = None
+  hidden_keys: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, obs: dict):
     x = NatureCNN(self.features, name="cnn")(obs[self.image_key])
-    return _concat_sorted(obs, self.image_key, x, self.vector_keys)
+    return _concat_sorted(obs, self.image_key, x, self.vector_keys, self.hidden_keys)
 
 
 ENCODERS = {"nature": NatureExtractor, "manipulation": ManipulationExtractor}

@@ -47,7 +47,7 @@ def default_backend() -> str:
 
 
 def make(env_id: str, num_envs: int = 1, backend: str = "auto", physics: str = "fast", jdotv: bool = True,
-         threads: int | None = None, warp=None) -> "FetchEnv":
+         threads: int | None = None, warp=None, pixels=None) -> "FetchEnv":
   """Builds a batched Fetch env.
 
   backend: "cpu" = C MuJoCo on the stock gymnasium-robotics model (bit-exact; host threads through
@@ -57,6 +57,8 @@ def make(env_id: str, num_envs: int = 1, backend: str = "auto", physics: str = "
   jdotv (mjx only): add C MuJoCo's J̇·v weld term (keep on; off only to measure its effect).
   threads (cpu only): worker threads (default: all cores available to this process).
   warp (warp only): a `warp_backend.WarpConfig` or dict (contacts_per_env, njmax, graph_mode).
+  pixels (cpu, warp): a `pixels.PixelConfig` (or True for its defaults): the book's pixel observations, rendered
+    inside the step (envs/pixels.py); None: the goal-dict observations.
   """
   if env_id not in TASKS:
     raise ValueError(f"unknown env id '{env_id}'; available: {', '.join(list_envs())}")
@@ -70,21 +72,30 @@ def make(env_id: str, num_envs: int = 1, backend: str = "auto", physics: str = "
   _, reset = scene.stock_model(task)
   if backend == "auto":
     backend = default_backend()
+  if pixels is True:
+    from fetchjax.envs.pixels import PixelConfig
+
+    pixels = PixelConfig()
+  elif pixels is False:
+    pixels = None
+  if pixels is not None and backend == "mjx":
+    raise ValueError("pixels need a renderer: backend 'mjx' (MJX-JAX) has none; use backend cpu or warp")
   if backend == "cpu":
     from fetchjax.envs.cpu_backend import CPhysics
 
-    physics_backend = CPhysics(task, reset, threads=threads)
+    physics_backend = CPhysics(task, reset, threads=threads, **({} if pixels is None else {"pixels": pixels}))
   elif backend == "warp":
     from fetchjax.envs.warp_backend import WarpPhysics
 
-    physics_backend = WarpPhysics(task, reset, physics=physics, config=warp)
+    physics_backend = WarpPhysics(task, reset, physics=physics, config=warp,
+                                  **({} if pixels is None else {"pixels": pixels}))
   else:
     from fetchjax.envs.mjx_backend import MjxPhysics
 
     physics_backend = MjxPhysics(task, reset, physics=physics, jdotv=jdotv)
   from fetchjax.envs.fetch import FetchEnv
 
-  return FetchEnv(task, num_envs, physics_backend)
+  return FetchEnv(task, num_envs, physics_backend, pixels=pixels)
 
 
 __all__ = ["EnvConfig", "BACKENDS", "FetchEnv", "FetchTask", "State", "TASKS", "compute_reward", "is_success", "list_envs", "make",

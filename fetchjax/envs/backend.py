@@ -23,7 +23,10 @@ class Replay(NamedTuple):
 @runtime_checkable
 class PhysicsBackend(Protocol):
   name: str  # "cpu" | "mjx" | "warp"
-  # The pixel issue's batched renderer (frames from states, inside the env step): None until it exists.
+  # Pixel observations (envs/pixels.py): the backend's `step_render` when it was built with a PixelConfig, else None
+  # (mjx has no renderer). With it, `reset_render(object_xy, goal)` -> reset's outputs + frames [n, S, S, 3] uint8
+  # and `step_render(state, action, reset_mask, reset_xy, goal_last, goal_next)` -> step's outputs + the frames of
+  # the next observation and of the step's own, rendered inside the step (no extra host round trip).
   render: Optional[Callable[..., Any]]
 
   def reset(self, object_xy) -> tuple[Any, Any, Any]:

@@ -10,8 +10,11 @@ the trajectories are gymnasium-robotics' own, bit for bit.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import os
+import threading
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,7 @@ def default_threads() -> int:
 class _HostSim:
   """The numpy side: steps and resets env batches with C MuJoCo, one MjData per worker thread."""
 
-  def __init__(self, task: FetchTask, m: mujoco.MjModel, reset: scene.ResetState, threads: int):
+  def __init__(self, task: FetchTask, m: mujoco.MjModel, reset: scene.ResetState, threads: int, pixels=None):
     self.task, self.m, self.reset_state = task, m, reset
     self.ids = scene.SceneIds.of(m)
     self.nstate = mujoco.mj_stateSize(m, _STATE_SPEC)
@@ -43,12 +46,30 @@ class _HostSim:
     self.threads = threads
     self._datas = [mujoco.MjData(m) for _ in range(threads)]
     self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    self.pixels = pixels
+    self._slots = None
+    if pixels is not None:
+      # An OpenGL context is current in ONE thread: with pixels, range k always runs on the single thread of slot k
+      # (even with one thread, since JAX may run the callback on any of its threads), which owns its renderer.
+      self._pool = None
+      self._local = threading.local()
+      self._slots = [concurrent.futures.ThreadPoolExecutor(1, initializer=_set_slot, initargs=(self._local, k))
+                     for k in range(threads)]
+      self._renderers: list = []  # (slot executor, GLRenderer): freed on their own threads by `close`
+      weakref.finalize(self, _close_renderers, self._slots, self._renderers)
     self.obs_size = task.obs_size
     self._fq, self._fv = np.array(self.ids.finger_qposadr), np.array(self.ids.finger_dofadr)
     self._quat_delta = np.array([1.0, 0.0, 1.0, 0.0])
 
   # Work on index ranges of the batch, one range per thread.
   def _parallel(self, fn, n):
+    if self._slots is not None:
+      bounds = np.linspace(0, n, min(self.threads, n) + 1).astype(int)
+      futures = [self._slots[k].submit(fn, self._datas[k], range(bounds[k], bounds[k + 1]))
+                 for k in range(len(bounds) - 1)]
+      for f in futures:
+        f.result()
+      return
     if self._pool is None or n < 2:
       fn(self._datas[0], range(n))
       return
@@ -57,6 +78,27 @@ class _HostSim:
                for k in range(len(bounds) - 1)]
     for f in futures:
       f.result()
+
+  def _renderer(self):
+    """This worker thread's GL renderer (made on first use, in the thread that will use it)."""
+    r = getattr(self._local, "renderer", None)
+    if r is None:
+      from fetchjax.envs.pixels import GLRenderer
+
+      r = self._local.renderer = GLRenderer(self.task, self.pixels)
+      if not self._renderers:  # after the GL library registered its own exit hook, so that this one runs first
+        atexit.register(_free_contexts_at_exit, self._renderers)
+      self._renderers.append((self._slots[self._local.slot], r))
+    return r
+
+  def _frames(self, n):
+    s = self.pixels.size
+    return np.zeros((n, s, s, 3), np.uint8)
+
+  def close(self):
+    """Frees the GL renderers and the worker threads (also done when the backend is garbage collected)."""
+    if self._slots is not None:
+      _close_renderers(self._slots, self._renderers)
 
   def _new_buffers(self, n):
     nv = self.m.nv
@@ -143,25 +185,33 @@ class _HostSim:
     self._parallel(work, len(qpos))
     return self._observations(buf)
 
-  def reset(self, object_xy, exact_xy=None):
+  def reset(self, object_xy, exact_xy=None, goal=None):
     object_xy = np.asarray(object_xy, np.float64)
     if exact_xy is not None:  # float64 bits, lossless
       object_xy = np.ascontiguousarray(exact_xy).view(np.float64).reshape(object_xy.shape)
     lead = object_xy.shape[:-1]
     xy = object_xy.reshape(-1, 2)
     buf = self._new_buffers(len(xy))
+    if goal is not None:
+      goal = np.asarray(goal, np.float64).reshape(-1, 3)
+      frames = self._frames(len(xy))
 
     def work(d, idx):
       for i in idx:
         self._reset_into(d, xy[i])
         self._record(d, i, buf)
+        if goal is not None:
+          frames[i] = self._renderer().frame(d.qpos, goal[i])
 
     self._parallel(work, len(xy))
     obs, ag = self._observations(buf)
-    return (buf["state"].view(np.uint32).reshape(lead + (-1,)), obs.reshape(lead + obs.shape[-1:]),
-            ag.reshape(lead + (3,)))
+    out = (buf["state"].view(np.uint32).reshape(lead + (-1,)), obs.reshape(lead + obs.shape[-1:]),
+           ag.reshape(lead + (3,)))
+    return out if goal is None else out + (frames.reshape(lead + frames.shape[1:]),)
 
-  def step(self, state, action, reset_mask, reset_xy):
+  def step(self, state, action, reset_mask, reset_xy, goal_last=None, goal_next=None):
+    """With goals (pixels): also the frames of the next observation and of the step's own (goal_last: the
+    episode's goal; goal_next: the next observation's, a fresh one where an env resets)."""
     lead = state.shape[:-1]
     state = np.ascontiguousarray(state).reshape(-1, 2 * self.nstate).view(np.float64)
     action = np.asarray(action).reshape(-1, 4)
@@ -170,6 +220,10 @@ class _HostSim:
     n = len(state)
     term, nxt = self._new_buffers(n), self._new_buffers(n)
     m, task = self.m, self.task
+    pixels = goal_last is not None
+    if pixels:
+      goal_last, goal_next = (np.asarray(g, np.float64).reshape(-1, 3) for g in (goal_last, goal_next))
+      f_last, f_next = self._frames(n), self._frames(n)
 
     def work(d, idx):
       for i in idx:
@@ -178,11 +232,17 @@ class _HostSim:
           d.qpos[self._fq] = 0.0
           mujoco.mj_forward(m, d)
         self._record(d, i, term)
+        if pixels:
+          f_last[i] = self._renderer().frame(d.qpos, goal_last[i])
         if mask[i]:
           self._reset_into(d, xy[i])
           self._record(d, i, nxt)
+          if pixels:
+            f_next[i] = self._renderer().frame(d.qpos, goal_next[i])
         else:
           nxt["state"][i] = term["state"][i]
+          if pixels:
+            f_next[i] = f_last[i]
 
     self._parallel(work, n)
     obs_t, ag_t = self._observations(term)
@@ -192,7 +252,36 @@ class _HostSim:
       obs_n = np.where(mask[:, None], obs_r, obs_t)
       ag_n = np.where(mask[:, None], ag_r, ag_t)
     shape = lambda x: x.reshape(lead + x.shape[-1:])
-    return (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
+    out = (shape(nxt["state"].view(np.uint32)), shape(obs_n), shape(ag_n), shape(obs_t), shape(ag_t))
+    if pixels:
+      frame = lambda f: f.reshape(lead + f.shape[1:])  # noqa: E731
+      out += (frame(f_next), frame(f_last))
+    return out
+
+
+def _set_slot(local, k):
+  local.slot = k
+
+
+def _free_contexts_at_exit(renderers):
+  """At interpreter exit the worker threads are gone: destroy the GL contexts from here, before EGL terminates its
+  display (a context left to the garbage collector after that prints EGL errors). Their GL objects go with them."""
+  for _, r in renderers:
+    if r.gl is not None:
+      r.gl.free()
+      r.gl = r.con = None
+
+
+def _close_renderers(slots, renderers):
+  """Frees each GL renderer on the thread that owns its context, then stops the threads."""
+  while renderers:
+    slot, r = renderers.pop()
+    try:
+      slot.submit(r.close).result()
+    except RuntimeError:  # interpreter exit: the worker threads are gone and EGL/OSMesa free their contexts anyway
+      pass
+  for s in slots:
+    s.shutdown(wait=False)
 
 
 def state_part(m: mujoco.MjModel, state_f64: np.ndarray, part: mujoco.mjtState) -> np.ndarray:
@@ -212,12 +301,36 @@ class CPhysics:
 
   name = "cpu"
   exact_reset = True
-  render = None  # the pixel issue: frames rendered in the host worker threads
 
-  def __init__(self, task: FetchTask, reset: scene.ResetState, threads: int | None = None):
+  def __init__(self, task: FetchTask, reset: scene.ResetState, threads: int | None = None, pixels=None):
     m, _ = scene.stock_model(task)
-    self.host = _HostSim(task, m, reset, threads or default_threads())
-    self.task = task
+    self.host = _HostSim(task, m, reset, threads or default_threads(), pixels)
+    self.task, self.pixels = task, pixels
+
+  @property
+  def render(self):
+    """With pixels: frames are rendered by `reset_render` / `step_render` in the worker threads (None without)."""
+    return None if self.pixels is None else self.step_render
+
+  def _frame_shape(self, n):
+    s = self.pixels.size
+    return jax.ShapeDtypeStruct((n, s, s, 3), jnp.uint8)
+
+  def reset_render(self, object_xy, goal, exact_xy=None):
+    """`reset` and the frames [n, S, S, 3] of the reset states with the goal marker at goal [n, 3]."""
+    n = object_xy.shape[0]
+    host = lambda xy, g, *e: self.host.reset(xy, *(e or (None,)), goal=g)  # noqa: E731
+    args = (object_xy, goal) if exact_xy is None else (object_xy, goal, jnp.asarray(exact_xy))
+    return jax.pure_callback(host, (*self._shapes(n), self._frame_shape(n)), *args, vmap_method="broadcast_all")
+
+  def step_render(self, state, action, reset_mask, reset_xy, goal_last, goal_next):
+    """`step` and the frames of the next observation and of the step's own, in the same callback."""
+    n = state.shape[0]
+    s, o, a = self._shapes(n)
+    f = self._frame_shape(n)
+    return jax.pure_callback(self.host.step, (s, o, a, o, a, f, f), state, action.astype(jnp.float32), reset_mask,
+                             reset_xy, goal_last.astype(jnp.float32), goal_next.astype(jnp.float32),
+                             vmap_method="broadcast_all")
 
   def _shapes(self, n):
     f32 = jnp.float32

@@ -12,6 +12,8 @@ from fetchjax.envs import goal, scene
 from fetchjax.envs.tasks import FetchTask
 
 GoalObs = dict  # {"observation": [..., n], "achieved_goal": [..., 3], "desired_goal": [..., 3]}
+# With pixels (envs/pixels.py): {"pixels": [..., S, S, 3] uint8, "proprioception": [..., 10], "achieved_goal",
+# "desired_goal"}.
 
 
 @flax.struct.dataclass
@@ -41,10 +43,17 @@ class FetchEnv:
   observation of a new episode with a FRESH goal and object position drawn from the per-env PRNG keys.
   """
 
-  def __init__(self, task: FetchTask, num_envs: int, physics_backend):
+  def __init__(self, task: FetchTask, num_envs: int, physics_backend, pixels=None):
     self.task = task
     self.num_envs = num_envs
     self.backend = physics_backend
+    self.pixels = pixels  # a pixels.PixelConfig: the book's pixel observations; None: the goal dict
+    if pixels is not None:
+      from fetchjax.envs.pixels import proprio_indices
+
+      if getattr(physics_backend, "render", None) is None:
+        raise ValueError(f"backend {physics_backend.name!r} cannot render pixel observations")
+      self._proprio = jnp.asarray(proprio_indices(task))
     _, reset = scene.stock_model(task)
     self._reset_state = reset
     self._grip0 = jnp.asarray(reset.initial_gripper_xpos, jnp.float32)
@@ -61,12 +70,33 @@ class FetchEnv:
 
   @property
   def observation_size(self) -> dict[str, int]:
+    """Sizes of the vector keys (with pixels: proprioception and the goals; the frame is in observation_spec)."""
+    if self.pixels is not None:
+      return {"proprioception": int(self._proprio.shape[0]), "achieved_goal": 3, "desired_goal": 3}
     return {"observation": self.task.obs_size, "achieved_goal": 3, "desired_goal": 3}
 
   @property
   def observation_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
     """Shape and dtype of ONE env's observation, per key (what learners and replay buffers are built from)."""
-    return {k: jax.ShapeDtypeStruct((n,), jnp.float32) for k, n in self.observation_size.items()}
+    spec = {k: jax.ShapeDtypeStruct((n,), jnp.float32) for k, n in self.observation_size.items()}
+    if self.pixels is not None:
+      s = self.pixels.size
+      spec = {"pixels": jax.ShapeDtypeStruct((s, s, 3), jnp.uint8), **spec}
+    return spec
+
+  @property
+  def hidden_keys(self) -> tuple[str, ...]:
+    """Observation keys kept for reward recomputation that the networks must not read (strict pixels:
+    achieved_goal, the true object position in Push)."""
+    from fetchjax.envs.pixels import hidden_keys
+
+    return hidden_keys(self.pixels)
+
+  def _obs(self, observation, achieved, goal, frame=None) -> GoalObs:
+    if self.pixels is None:
+      return {"observation": observation, "achieved_goal": achieved, "desired_goal": goal}
+    return {"pixels": frame, "proprioception": observation[..., self._proprio], "achieved_goal": achieved,
+            "desired_goal": goal}
 
   @property
   def max_episode_steps(self) -> int:
@@ -119,8 +149,12 @@ class FetchEnv:
     if rng is None:
       rng = jax.random.split(jax.random.PRNGKey(0), self.num_envs)
     extra = () if exact_xy is None else (exact_xy,)
-    ps, observation, achieved = self.backend.reset(object_xy, *extra)
-    obs = {"observation": observation, "achieved_goal": achieved, "desired_goal": goals}
+    if self.pixels is None:
+      ps, observation, achieved = self.backend.reset(object_xy, *extra)
+      obs = self._obs(observation, achieved, goals)
+    else:
+      ps, observation, achieved, frame = self.backend.reset_render(object_xy, goals, *extra)
+      obs = self._obs(observation, achieved, goals, frame)
     zeros = jnp.zeros(self.num_envs, jnp.float32)
     info = {"steps": jnp.zeros(self.num_envs, jnp.int32), "truncation": zeros,
             "is_success": self.is_success(achieved, goals), "final_obs": obs, "rng": rng}
@@ -136,13 +170,18 @@ class FetchEnv:
     rng, task_keys = split[:, 0], split[:, 1]
     new_xy, new_goal = jax.vmap(self.sample_task)(task_keys)
 
-    ps, obs_next, ag_next, obs_last, ag_last = self.backend.step(state.pipeline_state, action, done, new_xy)
     desired = state.obs["desired_goal"]
-    final_obs = {"observation": obs_last, "achieved_goal": ag_last, "desired_goal": desired}
+    goal_next = jnp.where(done[:, None], new_goal, desired)
+    if self.pixels is None:
+      ps, obs_next, ag_next, obs_last, ag_last = self.backend.step(state.pipeline_state, action, done, new_xy)
+      frame_next = frame_last = None
+    else:
+      ps, obs_next, ag_next, obs_last, ag_last, frame_next, frame_last = self.backend.step_render(
+          state.pipeline_state, action, done, new_xy, desired, goal_next)
+    final_obs = self._obs(obs_last, ag_last, desired, frame_last)
     reward = self.compute_reward(ag_last, desired)
     success = self.is_success(ag_last, desired)
-    goal_next = jnp.where(done[:, None], new_goal, desired)
-    obs = {"observation": obs_next, "achieved_goal": ag_next, "desired_goal": goal_next}
+    obs = self._obs(obs_next, ag_next, goal_next, frame_next)
     donef = done.astype(jnp.float32)
     info = {"steps": jnp.where(done, 0, steps), "truncation": donef, "is_success": success,
             "final_obs": final_obs, "rng": rng}

@@ -225,3 +225,62 @@ def edited_model(task: FetchTask, physics: str = "fast") -> mujoco.MjModel:
     if v is not None:
       setattr(m.opt, k, v)
   return m
+
+
+# --- the pixel observation's scene -------------------------------------------------------------------------
+CAMERA_NAME = "fetchjax:book_camera"
+GOAL_BODY = "fetchjax:goal_marker"
+TARGET_SITE = "target0"
+# gymnasium-robotics' Fetch free camera (fetch_env.DEFAULT_CAMERA_CONFIG, fetch_envs.md §10), the view of book ch9.
+BOOK_CAMERA = {"distance": 2.5, "azimuth": 132.0, "elevation": -14.0, "lookat": (1.3, 0.75, 0.55)}
+
+
+def free_camera_pose(distance: float, azimuth: float, elevation: float, lookat) -> tuple[np.ndarray, np.ndarray]:
+  """(pos [3], quat [4]) of the fixed camera that sees what MuJoCo's free camera with these settings sees
+  (mjv_updateCamera: forward from azimuth/elevation in degrees, eye = lookat - distance * forward; a MuJoCo camera
+  looks along its -z axis with +y up)."""
+  az, el = np.deg2rad(azimuth), np.deg2rad(elevation)
+  forward = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+  up = np.array([-np.sin(el) * np.cos(az), -np.sin(el) * np.sin(az), np.cos(el)])
+  rot = np.stack([np.cross(forward, up), up, -forward], axis=1)  # columns: the camera's x, y, z in the world
+  quat = np.zeros(4)
+  mujoco.mju_mat2Quat(quat, rot.ravel())
+  return np.asarray(lookat, np.float64) - distance * forward, quat
+
+
+@functools.lru_cache(maxsize=None)
+def render_model(task: FetchTask) -> mujoco.MjModel:
+  """The stock scene as the pixel observations see it (never stepped; geom order = the stock model's + 1):
+    * the book's view as a fixed camera `CAMERA_NAME` (MJX-Warp's batch renderer draws model cameras only);
+    * the goal drawn as gymnasium draws site `target0` (red sphere, r = 2 cm), but as a geom of a mocap body
+      `GOAL_BODY` appended last (the renderers draw geoms, and a mocap pose is per env); target0 itself hidden;
+    * the mocap crosshair (four translucent boxes, up to 2 m long, at the mocap target) hidden: its pose is not in
+      the warp backend's state and its faint lines would be the only difference between backends' frames.
+  Rendered with the free camera's own settings (`free_camera_pose`, the model's fovy), an 84x84 frame of this
+  model equals `render.render_frames(..., 84, 84)` (which hides the crosshair too; tests/test_pixels.py)."""
+  stock, _ = stock_model(task)
+  spec = mujoco.MjSpec.from_file(xml_path(task))
+  pos, quat = free_camera_pose(**BOOK_CAMERA)
+  spec.worldbody.add_camera(name=CAMERA_NAME, pos=pos, quat=quat, fovy=float(stock.vis.global_.fovy))
+  # The free camera's headlight as a model light (the warp renderer has no headlight): directional, at the camera,
+  # along its view, with the headlight's colours; the headlight itself is switched off below.
+  rot = np.zeros(9)
+  mujoco.mju_quat2Mat(rot, quat)
+  hl = stock.vis.headlight
+  spec.worldbody.add_light(name=CAMERA_NAME + ":headlight", type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, pos=pos,
+                           dir=-rot.reshape(3, 3)[:, 2], ambient=hl.ambient, diffuse=hl.diffuse, specular=hl.specular,
+                           castshadow=False)
+  body = spec.worldbody.add_body(name=GOAL_BODY, mocap=True)
+  body.add_geom(type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.02, 0, 0], rgba=[1, 0, 0, 1], contype=0, conaffinity=0,
+                group=0)
+  m = spec.compile()
+  reset_mocap_welds(m)
+  m.vis.headlight.active = 0
+  mocap_body = stock.body("robot0:mocap").id
+  hide = m.geom_bodyid == mocap_body
+  m.geom_rgba[hide, 3] = 0.0
+  m.geom_group[hide] = 3  # outside the warp renderer's geom groups (0, 1, 2)
+  m.site_rgba[m.site(TARGET_SITE).id, 3] = 0.0
+  if m.ngeom != stock.ngeom + 1 or m.geom_bodyid[-1] != m.body(GOAL_BODY).id or m.nq != stock.nq:
+    raise RuntimeError("the Fetch render model does not extend the stock model as expected")
+  return m

@@ -150,9 +150,8 @@ class WarpPhysics:
   """Batched MJX-Warp physics on the stock model, behind the backend interface used by `FetchEnv`."""
 
   name = "warp"
-  render = None  # the pixel issue: MJX-Warp's batch renderer
 
-  def __init__(self, task: FetchTask, reset: scene.ResetState, physics: str = "fast", config=None):
+  def __init__(self, task: FetchTask, reset: scene.ResetState, physics: str = "fast", config=None, pixels=None):
     if not warp_available():
       raise RuntimeError("backend 'warp' needs warp-lang (pip install 'mujoco-mjx[warp]'; fetchjax installs it)")
     if physics not in scene.PHYSICS_PROFILES:
@@ -183,6 +182,18 @@ class WarpPhysics:
     self._fq = np.array(self.ids.finger_qposadr)
     self._step_worlds = _worlds(self._step_and_reset_flat)
     self._reset_worlds = _worlds(self._reset_flat)
+    self.pixels = pixels
+    if pixels is not None:
+      from fetchjax.envs.pixels import WarpRenderer
+
+      self.renderer = WarpRenderer(task, pixels)
+      self._step_render_worlds = _worlds(self._step_render_flat)
+      self._reset_render_worlds = _worlds(self._reset_render_flat)
+
+  @property
+  def render(self):
+    """With pixels: frames are rendered by `reset_render` / `step_render` inside the step (None without)."""
+    return None if self.pixels is None else self.step_render
 
   # --- the compact state <-> Warp data ---------------------------------------------------------------
   @functools.lru_cache(maxsize=None)
@@ -338,6 +349,40 @@ class WarpPhysics:
 
   def step(self, state, action, reset_mask, reset_xy):
     return self._step_worlds(state, action.astype(jnp.float32), reset_mask, jnp.asarray(reset_xy, jnp.float32))
+
+  # --- pixels: MJX-Warp's batch renderer on the same flat batch of worlds ----------------------------------
+  def _frames(self, d, goal):
+    return self.renderer(d.geom_xpos, d.geom_xmat, goal)
+
+  def reset_render(self, object_xy, goal):
+    return self._reset_render_worlds(jnp.asarray(object_xy, jnp.float32), jnp.asarray(goal, jnp.float32))
+
+  def step_render(self, state, action, reset_mask, reset_xy, goal_last, goal_next):
+    return self._step_render_worlds(state, action.astype(jnp.float32), reset_mask, jnp.asarray(reset_xy, jnp.float32),
+                                    jnp.asarray(goal_last, jnp.float32), jnp.asarray(goal_next, jnp.float32))
+
+  def _reset_render_flat(self, object_xy, goal):
+    d = self._reset_data(object_xy)
+    return (self._compact(d), *self._observe(d), self._frames(d, goal))
+
+  def _step_render_flat(self, state, action, reset_mask, reset_xy, goal_last, goal_next):
+    """`_step_and_reset_flat` with the frames of the step's state (goal_last) and of the next observation (the
+    reset state with goal_next where an env resets: rendered only on steps where some env does)."""
+    d = self._step_data(self._data(state), action, state["gripper_pose"])
+    st, (obs, ag) = self._compact(d), self._observe(d)
+    frame = self._frames(d, goal_last)
+
+    def with_reset(_):
+      dr = self._reset_data(reset_xy)
+      st_r, (obs_r, ag_r), frame_r = self._compact(dr), self._observe(dr), self._frames(dr, goal_next)
+      pick = lambda a, b: jnp.where(reset_mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+      st_n = jax.tree.map(pick, st_r, st)
+      st_n["nacon"], st_n["nefc"] = st["nacon"], st["nefc"]
+      return st_n, pick(obs_r, obs), pick(ag_r, ag), pick(frame_r, frame)
+
+    st_next, obs_next, ag_next, frame_next = jax.lax.cond(jnp.any(reset_mask), with_reset,
+                                                          lambda _: (st, obs, ag, frame), None)
+    return st_next, obs_next, ag_next, obs, ag, frame_next, frame
 
   def _step_and_reset_flat(self, state, action, reset_mask, reset_xy):
     """The step with auto-reset on one flat batch of worlds (inside `_worlds`, so the cond below sees a plain
