@@ -173,15 +173,18 @@ def default_camera() -> dict:
   return {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in DEFAULT_CAMERA_CONFIG.items()}
 
 
-class _Offscreen:
-  """gymnasium's OffScreenViewer reduced to what Fetch needs, freed explicitly (context manager).
+class Offscreen:
+  """gymnasium's OffScreenViewer reduced to what Fetch needs, freed explicitly (context manager). Its OpenGL
+  context is current in the thread that made it: use (and close) it only there. `camera`: None or a dict (the
+  free camera, gymnasium's settings updated by the dict) or a camera of the model (name or id).
 
   Explicit freeing matters: mujoco.egl terminates its display at exit, and a context left to the garbage
   collector after that prints EGLError tracebacks."""
 
-  def __init__(self, m: mujoco.MjModel, width: int, height: int, camera):
-    m.vis.global_.offwidth = max(int(m.vis.global_.offwidth), width)  # the offscreen buffer size
-    m.vis.global_.offheight = max(int(m.vis.global_.offheight), height)
+  def __init__(self, m: mujoco.MjModel, width: int, height: int, camera=None):
+    if m.vis.global_.offwidth < width or m.vis.global_.offheight < height:  # a model big enough is only read
+      m.vis.global_.offwidth = max(int(m.vis.global_.offwidth), width)  # the offscreen buffer size
+      m.vis.global_.offheight = max(int(m.vis.global_.offheight), height)
     self.m, self.gl, self.con = m, None, None
     self.rect = mujoco.MjrRect(0, 0, width, height)
     self.opt, self.pert, self.cam = mujoco.MjvOption(), mujoco.MjvPerturb(), mujoco.MjvCamera()
@@ -223,6 +226,13 @@ class _Offscreen:
       self.gl.free()
       self.gl = None
 
+  def abandon(self):
+    """Frees the OpenGL context from another thread (at interpreter exit, once its own thread is gone): the GL
+    objects of the MjrContext go with it, the MjrContext is dropped unfreed."""
+    if self.gl is not None:
+      self.gl.free()
+    self.gl = self.con = None
+
   def __enter__(self):
     return self
 
@@ -261,7 +271,7 @@ def render_frames(env_id: str, qpos: np.ndarray, goal: np.ndarray, width: int = 
   target = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, TARGET_SITE)
   d = mujoco.MjData(m)
   frames = np.empty((n, height, width, 3), np.uint8)
-  with _Offscreen(m, width, height, camera) as r:
+  with Offscreen(m, width, height, camera) as r:
     for t in range(n):
       d.qpos[:] = qpos[t]
       if mocap_pos is not None:

@@ -12,7 +12,7 @@
 #   pixels_parity  issue 15: warp's batch-rendered 84x84 frames (inside the jitted step, on the GPU) vs the OpenGL
 #                  frames of the same states (scripts/measure_pixels.py parity; side-by-side PNG)
 #   pixels_rate    issue 15: rendered pixel env-steps/s vs num_envs, warp (84x84), beside the env without pixels
-#   sac_pixels     issue 15: a short SAC+HER FetchPush-v4 --pixels run (ManipulationExtractor, critic routing)
+#   sac_pixels     issue 15: the book's ch9 Step 2 (preset book_pixels), 3 seeds, a short run
 # in this order (most wanted first): a stage starts only with time left in the budget.
 # Writes $OUT/<stage>.log, each tool's JSON, $OUT/stages.json and $OUT/summary.json, and prints a short table last.
 #
@@ -45,7 +45,7 @@ if [ "$SIZE" = full ]; then
   PROFILE_STEPS=50; PARITY_ARGS=(--envs FetchReach-v4 FetchPush-v4 --episodes 200)
   PPO_ARGS=(--total-steps 1000000); SAC_ARGS=(--total-steps 200000)
   T_DOCTOR=90; T_PROFILE=150; T_FIDELITY=120; T_PPO=150; T_SAC=120
-  PIXEL_SIZES=${FETCHJAX_CHECK_PIXEL_SIZES:-256,1024,4096}; PIXEL_SAC_ARGS=(--total-steps 20000 --eval-episodes 20)
+  PIXEL_SIZES=${FETCHJAX_CHECK_PIXEL_SIZES:-256,1024,4096}; PIXEL_SAC_ARGS=(--seeds 0-2 --total-steps 20000 --eval-episodes 20)
   T_PIXELS=150
 else
   BUDGET=${FETCHJAX_CHECK_BUDGET_S:-3600}
@@ -57,7 +57,7 @@ else
             --set hidden_sizes=16,16 --total-steps 300 --eval-episodes 2 --video-episodes 0)
   T_DOCTOR=600; T_PROFILE=900; T_FIDELITY=1200; T_PPO=600; T_SAC=600
   PIXEL_SIZES=${FETCHJAX_CHECK_PIXEL_SIZES:-2}; T_PIXELS=600
-  PIXEL_SAC_ARGS=(--n-envs 2 --image-size 16 --set buffer_size=1000 --set batch_size=16 --set learning_starts=100
+  PIXEL_SAC_ARGS=(--seeds 0-1 --n-envs 2 --image-size 16 --set buffer_size=1000 --set batch_size=16 --set learning_starts=100
                   --set hidden_sizes=16,16 --total-steps 200 --eval-episodes 2 --video-episodes 0)
 fi
 WARP_KNOBS=()
@@ -141,9 +141,10 @@ want pixels_parity && stage pixels_parity "$T_PIXELS" "$PY" scripts/measure_pixe
   --png "$OUT/pixels_parity.png" --out "$OUT/pixels_parity.json"
 want pixels_rate && stage pixels_rate "$T_PIXELS" "$PY" scripts/measure_pixels.py rate --backends warp \
   --num-envs "$PIXEL_SIZES" --out "$OUT/pixels_rate.json"
-want sac_pixels && stage sac_pixels "$T_SAC" "$PY" -m fetchjax.train --algo sac --her --env FetchPush-v4 --pixels \
-  --backend warp --set encoder=manipulation --set encoder_routing=critic --set frame_stack=1 --set buffer_size=100000 \
-  "${PIXEL_SAC_ARGS[@]}" --run-dir "$OUT/sac_pixels"
+# The book's ch9 Step 2 (preset book_pixels: ManipulationExtractor in the critic, 4-frame stacks, no DrQ, buffer
+# 500k, HER k 8), 3 seeds vmapped on the GPU: its training rate gives the wall-clock of the 5M-step run.
+want sac_pixels && stage sac_pixels "$T_SAC" "$PY" -m fetchjax.train --algo sac --her --env FetchPush-v4 \
+  --preset book_pixels --backend warp "${PIXEL_SAC_ARGS[@]}" --run-dir "$OUT/sac_pixels"
 
 "$PY" scripts/device_check_summary.py "$OUT" "$SIZE" "$(( $(date +%s) - START ))"
 exit $RC_ALL

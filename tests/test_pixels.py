@@ -217,8 +217,8 @@ def test_warp_frames_match_opengl():
 
 # --- the CLI contract with --pixels --------------------------------------------------------------------------
 PIXEL_TINY = ["--algo", "sac", "--her", "--env", "FetchPush-v4", "--strict-pixels", "--image-size", "16",
-              "--n-envs", "2", "--set", "encoder=manipulation", "--set", "encoder_routing=critic",
-              "--set", "frame_stack=1", "--set", "buffer_size=1000", "--set", "batch_size=16",
+              "--n-envs", "2", "--encoder", "manipulation", "--critic-encoder", "--no-drq",
+              "--frame-stack", "2", "--set", "buffer_size=1000", "--set", "batch_size=16",
               "--set", "learning_starts=100", "--set", "hidden_sizes=16,16", "--backend", "cpu", "--threads", "2",
               "--quiet"]
 
@@ -226,8 +226,7 @@ PIXEL_TINY = ["--algo", "sac", "--her", "--env", "FetchPush-v4", "--strict-pixel
 def test_pixel_run_contract(tmp_path, capsys):
   """`train --pixels` (strict, SAC+HER, ManipulationExtractor owned by the critic, 16x16 frames): the run directory
   records the pixel env, pauses and resumes, writes eval.json and the video (the agent's view beside the 480
-  camera); `fetchjax.eval` and `load_policy` act on pixel observations. frame_stack 1: acting on stacked frames
-  in eval/load_policy is the learner side's."""
+  camera); `fetchjax.eval` and `load_policy` act on 2-frame stacks of the rendered frames."""
   import json
 
   import imageio.v2 as imageio
@@ -241,7 +240,7 @@ def test_pixel_run_contract(tmp_path, capsys):
   meta = json.loads((d / "meta.json").read_text())
   assert meta["status"] == "paused"
   assert meta["env_config"]["pixels"] and meta["env_config"]["strict_pixels"] and meta["env_config"]["image_size"] == 16
-  assert meta["config"]["hide_achieved_goal"] is True
+  assert meta["config"]["hide_achieved_goal"] is True and meta["config"]["frame_stack"] == 2
   assert fj_train.main(["--resume", str(d), "--quiet", "--eval-episodes", "2", "--video-episodes", "1"]) == 0
   meta = json.loads((d / "meta.json").read_text())
   assert meta["status"] == "finished" and meta["total_steps"] == 200
@@ -256,11 +255,14 @@ def test_pixel_run_contract(tmp_path, capsys):
   assert fj_eval.main(["--run-dir", str(d), "--n-episodes", "2", "--json-out", str(tmp_path / "e.json")]) == 0
   assert json.loads((tmp_path / "e.json").read_text())["aggregate"]["n_episodes"] == 2
   pol = fetchjax.load_policy(d)
+  assert pol.frame_stack == 2 and pol.image_shape == (16, 16, 3)
   env = envs.make("FetchPush-v4", 2, backend="cpu", threads=1, pixels=PixelConfig(16, strict=True))
   obs = {k: np.asarray(v) for k, v in env.reset(jax.random.PRNGKey(0)).obs.items()}
-  a = pol(obs)
+  a = pol(obs)  # a new episode: the stack is two copies of the first frame
   assert a.shape == (2, 4) and np.all(np.abs(a) <= 1)
+  pol.reset()
   np.testing.assert_allclose(pol({k: v[1] for k, v in obs.items()}), a[1], atol=1e-5)  # a single observation
+  pol.reset()
   np.testing.assert_array_equal(pol({**obs, "achieved_goal": obs["achieved_goal"] + 1.0}), a)  # strict: unread
   capsys.readouterr()
 

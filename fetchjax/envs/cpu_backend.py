@@ -267,9 +267,7 @@ def _free_contexts_at_exit(renderers):
   """At interpreter exit the worker threads are gone: destroy the GL contexts from here, before EGL terminates its
   display (a context left to the garbage collector after that prints EGL errors). Their GL objects go with them."""
   for _, r in renderers:
-    if r.gl is not None:
-      r.gl.free()
-      r.gl = r.con = None
+    r.abandon()
 
 
 def _close_renderers(slots, renderers):

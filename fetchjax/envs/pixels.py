@@ -95,19 +95,7 @@ class GLRenderer:
       raise ValueError(f"the Fetch model's offscreen buffer is smaller than {self.size}")
     self.d = mujoco.MjData(m)
     self.goal_mocap = goal_mocap_id(m)
-    self.cam = mujoco.MjvCamera()
-    self.cam.type, self.cam.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, m.camera(scene.CAMERA_NAME).id
-    self.opt, self.pert = mujoco.MjvOption(), mujoco.MjvPerturb()
-    self.rect = mujoco.MjrRect(0, 0, self.size, self.size)
-    self.gl, self.con = render._gl_context(self.size, self.size), None  # pylint: disable=protected-access
-    try:
-      self.con = mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_150)
-      mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.con)
-      self.scn = mujoco.MjvScene(m, 1000)
-    except Exception:
-      self.close()
-      raise
-    self._rgb = np.empty((self.size, self.size, 3), np.uint8)
+    self.view = render.Offscreen(m, self.size, self.size, scene.CAMERA_NAME)
 
   def frame(self, qpos: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """One frame [size, size, 3] uint8 (after the mode's resize) of the scene at qpos with the goal marker at goal."""
@@ -116,21 +104,17 @@ class GLRenderer:
     d.mocap_pos[self.goal_mocap] = goal
     mujoco.mj_kinematics(m, d)
     mujoco.mj_camlight(m, d)
-    mujoco.mjv_updateScene(m, d, self.opt, self.pert, self.cam, mujoco.mjtCatBit.mjCAT_ALL, self.scn)
-    mujoco.mjr_render(self.rect, self.scn, self.con)
-    mujoco.mjr_readPixels(self._rgb, None, self.rect, self.con)
-    rgb = self._rgb[::-1]  # OpenGL rows start at the bottom
+    rgb = self.view.render(d)
     if self.config.mode == "resize":
       return resize_np(rgb, self.config.size)
-    return rgb.copy()
+    return np.ascontiguousarray(rgb)
 
   def close(self):
-    if self.con is not None:
-      self.con.free()
-      self.con = None
-    if self.gl is not None:
-      self.gl.free()
-      self.gl = None
+    self.view.close()
+
+  def abandon(self):
+    """`render.Offscreen.abandon`: at interpreter exit, from a thread that did not make the context."""
+    self.view.abandon()
 
 
 def gl_frames(task: FetchTask, config: PixelConfig, qpos, goal) -> np.ndarray:
