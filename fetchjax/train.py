@@ -279,7 +279,7 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   for key, flag in own_flags.items():
     if key in set_values:
       raise ValueError(f"{key} has its own flag: use {flag} instead of --set {key}=...")
-  pixels = a.pixels or a.strict_pixels
+  pixels = a.pixels or a.strict_pixels or algo.env_preset(preset).pixels  # book_pixels renders frames itself
   if not pixels and (a.image_size is not None or a.render_mode):
     raise ValueError("--image-size / --render-mode need --pixels")
   if pixels and "hide_achieved_goal" not in fields:

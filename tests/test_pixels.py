@@ -276,6 +276,7 @@ def test_pixel_run_contract(tmp_path, capsys):
     (["--strict-pixels", "--algo", "sac", "--set", "encoder=manipulation", "--set", "hide_achieved_goal=false"],
      "drop --set hide_achieved_goal=false"),
     (["--pixels", "--algo", "sac", "--set", "encoder=manipulation", "--image-size", "4"], "image_size must be"),
+    (["--algo", "sac", "--her", "--preset", "book_pixels", "--image-size", "4"], "image_size must be"),  # its pixels
 ])
 def test_bad_pixel_flags_are_one_line(args, message, tmp_path, capsys):
   from fetchjax import train as fj_train
