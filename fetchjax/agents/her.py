@@ -332,13 +332,7 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
   if n_virtual > 0:
     v = slice(batch_size - n_virtual, batch_size)
     ep_v, t_v = ep[v], t[v]
-    if strategy == "final":
-      t_goal = jnp.full_like(t_v, T - 1)
-    elif strategy == "episode":
-      t_goal = jax.random.randint(k_goal, t_v.shape, 0, T)
-    else:  # future
-      lo = t_v if future_inclusive else jnp.minimum(t_v + 1, T - 1)
-      t_goal = jax.random.randint(k_goal, t_v.shape, lo, T)
+    t_goal = _goal_times(k_goal, t_v, T, strategy, future_inclusive)
     new_goal = buf.achieved_goal[ep_v, t_goal + 1]  # SB3: next_observations["achieved_goal"][t']
     new_reward = jnp.asarray(compute_reward(next_obs["achieved_goal"][v], new_goal, None), jnp.float32)
     goal = obs["desired_goal"].at[v].set(new_goal)
@@ -348,6 +342,16 @@ def sample(buf: EpisodeBuffer, key: jax.Array, batch_size: int, compute_reward: 
 
   return Batch(obs=obs, action=buf.action[ep, t], reward=reward, next_obs=next_obs,
                done=jnp.zeros((batch_size,), jnp.float32))
+
+
+def _goal_times(key, t, T: int, strategy: str, future_inclusive: bool):
+  """The time indices t' whose achieved goal relabels transitions at times `t` (SB3's goal selection strategies)."""
+  if strategy == "final":
+    return jnp.full_like(t, T - 1)
+  if strategy == "episode":
+    return jax.random.randint(key, t.shape, 0, T)
+  lo = t if future_inclusive else jnp.minimum(t + 1, T - 1)  # future
+  return jax.random.randint(key, t.shape, lo, T)
 
 
 def num_virtual_traced(batch_size: int, n_sampled_goal):
@@ -367,14 +371,7 @@ def _sample_traced_k(buf, k_goal, batch_size, compute_reward, n_sampled_goal, st
   start = batch_size - n_virtual
   rows = jnp.arange(batch_size)
   t_src = t[(rows + start) % batch_size]  # draw j belongs to row start + j
-  if strategy == "final":
-    draws = jnp.full_like(t, T - 1)
-  elif strategy == "episode":
-    draws = jax.random.randint(k_goal, t.shape, 0, T)
-  else:  # future
-    lo = t_src if future_inclusive else jnp.minimum(t_src + 1, T - 1)
-    draws = jax.random.randint(k_goal, t.shape, lo, T)
-  t_goal = draws[(rows - start) % batch_size]
+  t_goal = _goal_times(k_goal, t_src, T, strategy, future_inclusive)[(rows - start) % batch_size]
   new_goal = buf.achieved_goal[ep, t_goal + 1]
   new_reward = jnp.asarray(compute_reward(next_obs["achieved_goal"], new_goal, None), jnp.float32)
   virtual = rows >= start
