@@ -823,8 +823,8 @@ def _loop(sweep, a, plan, algo, plans, rds, hp, run_one, state, stop, checkpoint
           findings[j].append(f)
           say(f"{rd.path.name}: {diagnostics.format_finding(f)}")
       if line:
-        line.update(int(steps[-1]), train._nanmean(metrics["success_rate"][:, :, -1]),
-                    train._nanmean(metrics["ep_rew_mean"][:, :, -1]))
+        line.update(int(steps[-1]), train.nanmean(metrics["success_rate"][:, :, -1]),
+                    train.nanmean(metrics["ep_rew_mean"][:, :, -1]))
       done = state["done"]
       if done * per_update - last_ckpt >= ckpt_every or done >= stop_updates or stop.requested:
         with stop.critical():

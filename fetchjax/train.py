@@ -191,7 +191,7 @@ def _fmt_time(s: float) -> str:
   return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def _nanmean(x) -> float:
+def nanmean(x) -> float:
   x = np.asarray(x, np.float64)
   return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
@@ -563,7 +563,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
           print(file=sys.stderr)
         say(diagnostics.format_finding(f))
       if line:
-        line.update(int(steps[-1]), _nanmean(metrics["success_rate"][:, -1]), _nanmean(metrics["ep_rew_mean"][:, -1]))
+        line.update(int(steps[-1]), nanmean(metrics["success_rate"][:, -1]), nanmean(metrics["ep_rew_mean"][:, -1]))
       if done * per_update - last_ckpt >= ckpt_every or done >= stop_updates or stop.requested:
         with stop.critical():
           session.checkpoint()
