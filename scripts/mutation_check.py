@@ -133,7 +133,7 @@ MUTATIONS = [
       "new_goal = buf.achieved_goal[ep_v, t_goal + 1]", "new_goal = buf.achieved_goal[ep_v, t_goal]",
       "tests/test_her.py"),
     M("her_future_exclusive", "HER future: t' > t (book lab) where SB3 draws t' >= t", HER,
-      "lo = t_v if future_inclusive else", "lo = t_v + 1 if future_inclusive else", "tests/test_her.py"),
+      "lo = t if future_inclusive else", "lo = t + 1 if future_inclusive else", "tests/test_her.py"),
     M("her_reward_not_recomputed_on_next", "HER: relabelled reward from obs ag_t, not next_obs ag_{t+1}", HER,
       "compute_reward(next_obs[\"achieved_goal\"][v], new_goal, None)",
       "compute_reward(obs[\"achieved_goal\"][v], new_goal, None)", "tests/test_her.py"),
