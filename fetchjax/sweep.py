@@ -590,7 +590,7 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
   pts = [sweep.points[i] for i in own]
   plans = [sweep.point_plan(i) for i in own]
   rds = [sweep.run_dir(i) for i in own]
-  per_update, num_updates = plan.per_update, plan.num_updates
+  per_update = plan.per_update
   env = plan.env.make()
   train.check_env_fits(plan, env.observation_spec)
   init, run_one = make_sweep(algo, cfg, env, pts)
@@ -637,7 +637,8 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
   stop = interrupts.StopRequests(lambda: print(
       "\nstop requested: finishing the current chunk, then checkpoint and exit (press Ctrl-C again to stop at "
       "once)", file=sys.stderr, flush=True))
-  state = dict(runners=None, done=0, saved=None, steps=np.zeros(0, np.int64), history={}, created=False)
+  # trained: the newest finished chunk ([points, seeds, ...]); saved: the updates last checkpointed
+  state = dict(trained=None, saved=None, created=False)
 
   def set_status(status, host0_too=True, **fields):
     for rd in rds:
@@ -652,16 +653,17 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
         pass
 
   def checkpoint():
-    done = state["done"]
-    if state["saved"] == done:
+    trained = state["trained"]
+    if state["saved"] == trained.updates:
       return
     for j, rd in enumerate(rds):
-      r = jax.tree.map(lambda x: x[j], state["runners"])
-      hist = {k: v[j] for k, v in state["history"].items()}
-      rd.save_checkpoint(done * per_update, {"runner": r if plan.checkpoint_buffer else algo.drop_buffer(r)},
-                         state["steps"], hist, policy=algo.policy_of(plans[j].config, r))
-      rd.save_metrics(state["steps"], hist)
-    state["saved"] = done
+      r = jax.tree.map(lambda x: x[j], trained.runner)
+      hist = {k: v[j] for k, v in trained.history.items()}
+      rd.save_checkpoint(trained.updates * per_update,
+                         {"runner": r if plan.checkpoint_buffer else algo.drop_buffer(r)},
+                         trained.steps, hist, policy=algo.policy_of(plans[j].config, r))
+      rd.save_metrics(trained.steps, hist)
+    state["saved"] = trained.updates
 
   def hint():
     return f"python -m fetchjax.sweep --resume {shlex.quote(str(sweep.dir))}" + (
@@ -670,7 +672,7 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
 
   with stop:
     try:
-      ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
+      ckpt_every = plan.checkpoint_interval
       resumed_from = None
       if sw is None:  # fresh
         if sweep.host_id == 0 and (sweep.dir / SWEEP_JSON).exists():  # (the other hosts: host 0 may have written it)
@@ -697,7 +699,8 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
             meta = train.run_meta(plans[j], ckpt_every, n_devices, command, cache, env.observation_spec)
             meta["sweep"] = dict(dir=str(sweep.dir), point=sweep.names[own[j]], values=pts[j], host=sweep.host_id)
             rd.create(meta)
-        state["runners"] = devices.shard_seeds(v_init(hp, keys), sharding)
+        state["trained"] = train.Trained(devices.shard_seeds(v_init(hp, keys), sharding), 0, np.zeros(0, np.int64),
+                                         {})
       else:  # resume: the newest step every point of this host has
         one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), shapes)
         if not plan.checkpoint_buffer:
@@ -720,14 +723,14 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
         done = int(np.asarray(runners.train_state.step).reshape(-1)[0])
         if done * per_update != common:
           raise runs.RunError(f"checkpoint {common} holds {done} updates, not {common // per_update}")
-        state.update(runners=devices.shard_seeds(runners, sharding), done=done, saved=done,
-                     steps=restored[0][1][0][:done],
-                     history={k: np.stack([m[1][k][:, :done] for _, m in restored]) for k in restored[0][1][1]})
+        state.update(saved=done, trained=train.Trained(
+            devices.shard_seeds(runners, sharding), done, restored[0][1][0][:done],
+            {k: np.stack([m[1][k][:, :done] for _, m in restored]) for k in restored[0][1][1]}))
         with stop.critical():
           for j, rd in enumerate(rds):
             for moved in rd.checkpoints().set_aside_newer_than(common):
               say(f"a checkpoint newer than step {common:,} was moved to {moved}")
-            rd.save_metrics(state["steps"], {k: v[j] for k, v in state["history"].items()})
+            rd.save_metrics(state["trained"].steps, {k: v[j] for k, v in state["trained"].history.items()})
             meta = rd.read_meta()
             rd.update_meta(status="running", resumed_at=meta.get("resumed_at", []) + [dict(step=common, at=runs.now())])
           if sweep.host_id == 0:
@@ -736,7 +739,7 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
         say(f"resuming {sweep.dir} at {common:,} / {cfg.total_timesteps:,} steps per run")
 
       status, findings, timing = _loop(sweep, a, plan, algo, plans, rds, hp, run_one, state, stop, checkpoint,
-                                       per_update, num_updates, ckpt_every, resumed_from, say)
+                                       resumed_from, say)
     except KeyboardInterrupt:
       status = "interrupted"
     except BaseException:
@@ -748,7 +751,7 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
       raise
     if status == "interrupted":
       with stop.critical():
-        if state["runners"] is None or state["done"] == 0:
+        if state["trained"] is None or state["trained"].updates == 0:
           if state["created"] and sweep.host_id == 0:
             shutil.rmtree(sweep.dir, ignore_errors=True)
             print(f"interrupted before training started: removed the new sweep directory {sweep.dir}",
@@ -756,12 +759,12 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
           return 130
         checkpoint()
         set_status("interrupted")
-      print(f"interrupted: checkpoint at {state['done'] * per_update:,} steps; continue with: {hint()}",
+      print(f"interrupted: checkpoint at {state['trained'].updates * per_update:,} steps; continue with: {hint()}",
             file=sys.stderr)
       return 130
   if status == "paused":
     set_status("paused")
-    say(f"paused at {state['done'] * per_update:,} steps (checkpoints saved); continue with: {hint()}")
+    say(f"paused at {state['trained'].updates * per_update:,} steps (checkpoints saved); continue with: {hint()}")
     return 0
   _finish(sweep, plan, algo, plans, rds, state, findings, timing, say)
   if sweep.num_hosts > 1:  # host 0 summarises once every host has written its points
@@ -779,71 +782,60 @@ def run(sweep: Sweep, sw: dict | None, a, command: str, cache) -> int:
   return 0
 
 
-def _loop(sweep, a, plan, algo, plans, rds, hp, run_one, state, stop, checkpoint, per_update, num_updates,
-          ckpt_every, resumed_from, say):
-  """The chunked training of `state["runners"]` ([points, seeds, ...]): one compiled program per chunk; returns
+def _loop(sweep, a, plan, algo, plans, rds, hp, run_one, state, stop, checkpoint, resumed_from, say):
+  """The chunked training of `state["trained"]` ([points, seeds, ...]): one compiled program per chunk; returns
   (status, findings per point, timing)."""
+  import functools
+
   import jax
 
   from fetchjax import diagnostics, train
 
-  chunk = train.chunk_updates(num_updates, state["done"])
+  per_update, num_updates = plan.per_update, plan.num_updates
+  start = state["trained"].updates
+  chunk = train.chunk_updates(num_updates, start)
   t = time.time()
   v_run = jax.jit(jax.vmap(jax.vmap(lambda h, r: run_one(h, r, chunk), (None, 0)), (0, 0)))
-  compiled = v_run.lower(hp, state["runners"]).compile()
+  compiled = v_run.lower(hp, state["trained"].runner).compile()
   compile_s = time.time() - t
   say(f"compiled {chunk} update(s) per call for {len(rds)} points x {len(plan.seeds)} seeds in {compile_s:.1f} s")
   if stop.requested:
     return "interrupted", [], {}
   tbs = [train.TensorBoard(rd, plan.seeds, algo.tb_names, resume_step=resumed_from) for rd in rds]
-  line = None if a.quiet else train.Progress(num_updates * per_update, state["done"] * per_update)
+  line = None if a.quiet else train.Progress(num_updates * per_update, start * per_update)
   findings: list[list] = [[] for _ in rds]
-  t0, start = time.time(), state["done"]
-  last_ckpt = start * per_update
-  stop_updates = num_updates if plan.pause_at is None else min(num_updates, -(-plan.pause_at // per_update))
   n_runs = len(rds) * len(plan.seeds)
+
+  def on_chunk(trained, first: int, metrics: dict, elapsed: float) -> None:
+    state["trained"] = trained
+    fps = (trained.updates - start) * per_update * n_runs / max(elapsed, 1e-9)
+    for j, (rd, tb) in enumerate(zip(rds, tbs)):
+      pc = plans[j].config
+      tb.log(trained.steps[first:], {k: v[j] for k, v in metrics.items()}, {
+          "time/fps": fps, "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(pc)},
+          first)
+      found = algo.check({k: v[j] for k, v in trained.history.items()}, trained.steps, pc, plan.env_id)
+      for f in diagnostics.new_findings(findings[j], found):
+        findings[j].append(f)
+        say(f"{rd.path.name}: {diagnostics.format_finding(f)}")
+
   try:
-    while state["done"] < stop_updates:
-      runners, metrics = compiled(hp, state["runners"])
-      metrics = {k: np.asarray(v) for k, v in metrics.items()}  # [points, seeds, chunk]: one host sync per chunk
-      first = state["done"]
-      steps = (first + 1 + np.arange(chunk)) * per_update
-      hist = state["history"]
-      state.update(runners=runners, done=first + chunk, steps=np.concatenate([state["steps"], steps]),
-                   history={k: np.concatenate([hist[k], v], 2) if k in hist else v for k, v in metrics.items()})
-      elapsed = time.time() - t0
-      fps = (state["done"] - start) * per_update * n_runs / max(elapsed, 1e-9)
-      for j, (rd, tb) in enumerate(zip(rds, tbs)):
-        pc = plans[j].config
-        tb.log(steps, {k: v[j] for k, v in metrics.items()}, {
-            "time/fps": fps, "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(pc)},
-            first)
-        found = algo.check({k: v[j] for k, v in state["history"].items()}, state["steps"], pc, plan.env_id)
-        for f in diagnostics.new_findings(findings[j], found):
-          findings[j].append(f)
-          say(f"{rd.path.name}: {diagnostics.format_finding(f)}")
-      if line:
-        line.update(int(steps[-1]), train.nanmean(metrics["success_rate"][:, :, -1]),
-                    train.nanmean(metrics["ep_rew_mean"][:, :, -1]))
-      done = state["done"]
-      if done * per_update - last_ckpt >= ckpt_every or done >= stop_updates or stop.requested:
-        with stop.critical():
-          checkpoint()
-        last_ckpt = done * per_update
-      if stop.requested:
-        return "interrupted", findings, {}
+    status, train_s = train.train_chunks(functools.partial(compiled, hp), state["trained"], per_update=per_update,
+                                         stop_updates=plan.stop_updates, ckpt_every=plan.checkpoint_interval,
+                                         stop=stop, on_chunk=on_chunk, checkpoint=checkpoint, line=line)
   finally:
     for tb in tbs:
       tb.close()
     if line:
       line.close()
-  train_s = time.time() - t0
-  if state["done"] < num_updates:
+  if status == "interrupted":
+    return "interrupted", findings, {}
+  done = state["trained"].updates
+  if done < num_updates:
     return "paused", findings, {}
-  trained = (state["done"] - start) * per_update
   timing = dict(training_time_sec=train_s, compile_time_sec=compile_s,
-                steps_per_sec=trained * n_runs / max(train_s, 1e-9))
-  say(f"trained {state['done'] * per_update:,} steps x {n_runs} runs in {train_s:.1f} s (+{compile_s:.1f} s "
+                steps_per_sec=(done - start) * per_update * n_runs / max(train_s, 1e-9))
+  say(f"trained {done * per_update:,} steps x {n_runs} runs in {train_s:.1f} s (+{compile_s:.1f} s "
       f"compile): {timing['steps_per_sec']:,.0f} env-steps/s")
   return "trained", findings, timing
 
@@ -856,9 +848,10 @@ def _finish(sweep, plan, algo, plans, rds, state, findings, timing, say) -> None
   from fetchjax import eval as fj_eval, train
 
   n_points = len(rds)
-  runners = state["runners"]
+  trained = state["trained"]
+  runners = trained.runner
   for j, rd in enumerate(rds):
-    rd.update_meta(status="trained", trained_steps=int(state["done"] * plan.per_update),
+    rd.update_meta(status="trained", trained_steps=int(trained.updates * plan.per_update),
                    training_time_sec=timing.get("training_time_sec"),
                    compile_time_sec=timing.get("compile_time_sec"),
                    steps_per_sec=timing.get("steps_per_sec"), sweep_program_runs=n_points * len(plan.seeds))
@@ -872,8 +865,8 @@ def _finish(sweep, plan, algo, plans, rds, state, findings, timing, say) -> None
     reports = fj_eval.split_report(report, n_points)
   for j, rd in enumerate(rds):
     runner = jax.tree.map(lambda x: x[j], runners)
-    hist = {k: v[j] for k, v in state["history"].items()}
-    train.finish(rd, plans[j], plans[j].config, algo, runner, state["steps"], hist, findings[j],
+    hist = {k: v[j] for k, v in trained.history.items()}
+    train.finish(rd, plans[j], plans[j].config, algo, runner, trained.steps, hist, findings[j],
                  lambda *x: None, report=reports[j])
     if reports[j] is not None:
       say(f"{rd.path.name}: " + fj_eval.summary_line(reports[j]))

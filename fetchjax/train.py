@@ -228,6 +228,16 @@ class Plan:
   def num_updates(self) -> int:
     return self.config.num_updates(self.env.num_envs)
 
+  @property
+  def stop_updates(self) -> int:
+    """The updates this session trains up to: all of them, or the first at or past --pause-at."""
+    return self.num_updates if self.pause_at is None else min(self.num_updates, -(-self.pause_at // self.per_update))
+
+  @property
+  def checkpoint_interval(self) -> int:
+    """Env steps per seed between checkpoints (--checkpoint-every; default a tenth of the run)."""
+    return self.checkpoint_every or max(self.per_update, self.config.total_timesteps // 10)
+
 
 def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
   if a.resume:
@@ -299,27 +309,28 @@ def build_plan(a) -> tuple[runs.RunDir, Plan, dict | None]:
                "strict_pixels": a.strict_pixels or None, "image_size": a.image_size, "render_mode": a.render_mode}
   env = algo.env_preset(preset, env_id=a.env, **{k: v for k, v in env_flags.items() if v is not None})
   config.check_env(env.num_envs)
-  if env.pixels:
-    from fetchjax import encoders
-    from fetchjax.envs.pixels import OBS_KEYS as PIXEL_KEYS
-
-    encoders.check_inputs(config.encoder, PIXEL_KEYS)  # e.g. the default 'flat' encoder on pixels: one line here
   run_dir = a.run_dir or f"runs/{a.algo}_{a.env}_{time.strftime('%Y%m%d-%H%M%S')}"
   devices.plan_devices(len(seeds), jax.local_device_count(), a.devices)  # one-line errors, here
   keep_buffer = a.checkpoint_buffer != "off"
   if not keep_buffer and algo.drop_buffer is None:
     raise ValueError(f"--checkpoint-buffer off: --algo {a.algo} has no replay buffer")
-  return runs.RunDir(run_dir), Plan(a.algo, env, seeds, config, preset, a.checkpoint_every or 0,
-                                    a.eval_episodes, a.video_episodes, a.pause_at, keep_buffer, a.devices), None
+  plan = Plan(a.algo, env, seeds, config, preset, a.checkpoint_every or 0, a.eval_episodes, a.video_episodes,
+              a.pause_at, keep_buffer, a.devices)
+  if env.pixels:  # e.g. the default 'flat' encoder on pixels: the error line before the env is built
+    from fetchjax.envs.pixels import OBS_KEYS as PIXEL_KEYS
+
+    check_env_fits(plan, dict.fromkeys(PIXEL_KEYS))
+  return runs.RunDir(run_dir), plan, None
 
 
 PIXEL_FIELDS = ("encoder", "encoder_routing", "drq", "frame_stack")  # the off-policy configs' pixel settings
 
 
 def check_env_fits(plan: Plan, obs_spec: dict) -> None:
-  """One-line errors (RunError) for a config that cannot read the env's observations, found from the env's
-  observation_spec as the learners find it (before anything is created): pixel settings on an env without
-  rendered frames (they need --pixels), a state encoder on a pixel env.
+  """One-line errors (RunError) for a config that cannot read the env's observations, found from the keys of the
+  env's observation_spec as the learners find them (before anything is created): pixel settings on an env without
+  rendered frames (they need --pixels), a state encoder on a pixel env. `build_plan` asks it first with the pixel
+  env's declared keys (no env built yet), the CLIs again with the env they made.
 
   A pixel env with the default "flat" encoder is an error, not a silent switch to a pixel encoder: every partial
   default (ManipulationExtractor alone, without the critic routing and frame stack) is one of the book's failing
@@ -347,13 +358,45 @@ def check_env_fits(plan: Plan, obs_spec: dict) -> None:
 
 
 @dataclasses.dataclass
-class _Progress:
-  """What belongs together: a runner state, the updates it holds and the metrics history up to it."""
+class Trained:
+  """What belongs together: a runner state (a run's [seeds, ...], a sweep's [points, seeds, ...]), the updates
+  it holds, their env steps per seed and the metrics history up to it ([..., updates] per metric)."""
 
   runner: object
   updates: int
   steps: np.ndarray
   history: dict
+
+
+def train_chunks(compiled, trained: Trained, *, per_update: int, stop_updates: int, ckpt_every: int, stop,
+                 on_chunk, checkpoint, line: Progress | None) -> tuple[str, float]:
+  """The chunk loop of the train and sweep CLIs: calls `compiled(runner) -> (runner, metrics)` until
+  `stop_updates` updates or a stop request. After each chunk, `on_chunk(trained, first, metrics, elapsed)` gets
+  the new `Trained` (to keep: a stop request or an interrupt checkpoints it), the chunk's first update and metrics
+  ([..., chunk]) and the seconds trained (TensorBoard, diagnostics); then the progress line moves and
+  `checkpoint()` runs every `ckpt_every` steps, at the end and on a stop request. Returns ("trained" or
+  "interrupted", seconds trained)."""
+  t0 = time.time()
+  last_ckpt = trained.updates * per_update
+  while trained.updates < stop_updates:
+    runner, metrics = compiled(trained.runner)
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}  # the only host sync per chunk
+    first, chunk = trained.updates, next(iter(metrics.values())).shape[-1]
+    steps = (first + 1 + np.arange(chunk)) * per_update
+    history = {k: np.concatenate([trained.history[k], v], -1) if k in trained.history else v
+               for k, v in metrics.items()}
+    trained = Trained(runner, first + chunk, np.concatenate([trained.steps, steps]), history)
+    on_chunk(trained, first, metrics, time.time() - t0)
+    if line:
+      line.update(int(steps[-1]), nanmean(metrics["success_rate"][..., -1]),
+                  nanmean(metrics["ep_rew_mean"][..., -1]))
+    if trained.updates * per_update - last_ckpt >= ckpt_every or trained.updates >= stop_updates or stop.requested:
+      with stop.critical():
+        checkpoint()
+      last_ckpt = trained.updates * per_update
+    if stop.requested:
+      return "interrupted", time.time() - t0
+  return "trained", time.time() - t0
 
 
 class _Session:
@@ -364,7 +407,7 @@ class _Session:
     self.rd, self.plan, self.fresh, self.quiet = rd, plan, fresh, quiet
     self.created = False       # this process made the run directory
     self.started = False       # it made or resumed the run (meta.json says "running")
-    self.progress: _Progress | None = None
+    self.progress: Trained | None = None
     self.per_update = plan.per_update
 
   def say(self, *x) -> None:
@@ -470,7 +513,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
   cfg = plan.config
   n_seeds, per_update = len(plan.seeds), plan.per_update
   num_updates = plan.num_updates
-  ckpt_every = plan.checkpoint_every or max(per_update, cfg.total_timesteps // 10)
+  ckpt_every = plan.checkpoint_interval
 
   env = plan.env.make()
   check_env_fits(plan, env.observation_spec)
@@ -489,7 +532,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
       say(f"note: {cfg.total_timesteps:,} steps is not a whole number of {per_update:,}-step iterations "
           f"({plan.env.num_envs} envs x {per_update // plan.env.num_envs} steps); training {num_updates * per_update:,} "
           "steps per seed")
-    session.progress = _Progress(devices.shard_seeds(v_init(keys), sharding), 0, np.zeros(0, np.int64), {})
+    session.progress = Trained(devices.shard_seeds(v_init(keys), sharding), 0, np.zeros(0, np.int64), {})
     say(f"run directory {rd.path}: {plan.algo} on {plan.env_id}, seeds {plan.seeds}, {cfg.total_timesteps:,} "
         f"steps each, {plan.env.num_envs} envs, preset {plan.preset}, backend {meta['backend']}, "
         f"device {meta['device']['kind']}" + (f" x {n_devices} (seeds sharded)" if n_devices > 1 else ""))
@@ -509,7 +552,7 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
     if done * per_update != ckpt_step:
       raise runs.RunError(f"checkpoint {ckpt_step} holds {done} updates, not {ckpt_step // per_update}")
     steps_hist, history = saved_metrics if saved_metrics is not None else rd.load_metrics()  # None: 0.1 layout
-    session.progress = _Progress(runner, done, steps_hist[:done], {k: v[:, :done] for k, v in history.items()})
+    session.progress = Trained(runner, done, steps_hist[:done], {k: v[:, :done] for k, v in history.items()})
     with stop.critical():
       for moved in rd.checkpoints().set_aside_newer_than(ckpt_step):
         say(f"a checkpoint newer than step {ckpt_step:,} was moved to {moved}")
@@ -538,43 +581,31 @@ def _train_loop(session: _Session, meta, stop, command, compile_cache, resume_st
 
   from fetchjax import diagnostics
   tb = TensorBoard(rd, plan.seeds, algo.tb_names, resume_step=resumed_from)
-  line = None if session.quiet else Progress(num_updates * per_update, session.progress.updates * per_update)
+  start_updates = session.progress.updates
+  line = None if session.quiet else Progress(num_updates * per_update, start_updates * per_update)
   findings: list = []
-  t0, start_updates = time.time(), session.progress.updates
-  last_ckpt = start_updates * per_update
-  stop_updates = num_updates if plan.pause_at is None else min(num_updates, -(-plan.pause_at // per_update))
+
+  def on_chunk(trained: Trained, first: int, metrics: dict, elapsed: float) -> None:
+    session.progress = trained
+    tb.log(trained.steps[first:], metrics, {
+        "time/fps": (trained.updates - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
+        "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, first)
+    for f in diagnostics.new_findings(findings, algo.check(trained.history, trained.steps, cfg, plan.env_id)):
+      findings.append(f)
+      if line and line.tty:
+        print(file=sys.stderr)
+      say(diagnostics.format_finding(f))
+
   try:
-    while session.progress.updates < stop_updates:
-      p = session.progress
-      runner, metrics = compiled(p.runner)
-      metrics = {k: np.asarray(v) for k, v in metrics.items()}  # [seeds, chunk]; the only host sync per chunk
-      steps = (p.updates + 1 + np.arange(chunk)) * per_update
-      history = {k: np.concatenate([p.history[k], v], 1) if k in p.history else v for k, v in metrics.items()}
-      session.progress = _Progress(runner, p.updates + chunk, np.concatenate([p.steps, steps]), history)
-      done = session.progress.updates
-      elapsed = time.time() - t0
-      tb.log(steps, metrics, {
-          "time/fps": (done - start_updates) * per_update * n_seeds / max(elapsed, 1e-9),
-          "time/time_elapsed": elapsed, "rollout/ep_len_mean": 50.0, **algo.tb_constants(cfg)}, p.updates)
-      found = algo.check(history, session.progress.steps, cfg, plan.env_id)
-      for f in diagnostics.new_findings(findings, found):
-        findings.append(f)
-        if line and line.tty:
-          print(file=sys.stderr)
-        say(diagnostics.format_finding(f))
-      if line:
-        line.update(int(steps[-1]), nanmean(metrics["success_rate"][:, -1]), nanmean(metrics["ep_rew_mean"][:, -1]))
-      if done * per_update - last_ckpt >= ckpt_every or done >= stop_updates or stop.requested:
-        with stop.critical():
-          session.checkpoint()
-        last_ckpt = done * per_update
-      if stop.requested:
-        return "interrupted", findings
+    status, train_s = train_chunks(compiled, session.progress, per_update=per_update,
+                                   stop_updates=plan.stop_updates, ckpt_every=ckpt_every, stop=stop,
+                                   on_chunk=on_chunk, checkpoint=session.checkpoint, line=line)
   finally:
     tb.close()
     if line:
       line.close()
-  train_s = time.time() - t0
+  if status == "interrupted":
+    return "interrupted", findings
   done = session.progress.updates
   if done < num_updates:  # --pause-at
     with stop.critical():

@@ -270,7 +270,7 @@ def test_pixel_run_contract(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--pixels", "--algo", "ppo"], "--pixels needs an off-policy algorithm"),
     (["--pixels", "--algo", "sac", "--env", "FetchPush-v4", "--preset", "book_her_push"],
-     "encoder 'flat' reads the observation key(s)"),
+     "encoder 'flat' reads the state vector(s) ['observation'], which a pixel env"),
     (["--pixels", "--algo", "sac", "--set", "encoder=manipulation", "--backend", "mjx"], "backend 'mjx'"),
     (["--image-size", "32", "--algo", "sac"], "--image-size / --render-mode need --pixels"),
     (["--strict-pixels", "--algo", "sac", "--set", "encoder=manipulation", "--set", "hide_achieved_goal=false"],
