@@ -186,8 +186,8 @@ MUTATIONS = [
       "  session.set_status(\"interrupted\")\n", "  pass\n",
       "tests/test_run_safety.py::test_ctrl_c_right_after_a_checkpointed_chunk"),
     M("interrupt_first_signal_ignored", "Ctrl-C: the stop request is never acted on", TRAIN,
-      "      if stop.requested:\n        return \"interrupted\", findings\n",
-      "      if False:\n        return \"interrupted\", findings\n",
+      "    if stop.requested:\n      return \"interrupted\", time.time() - t0\n",
+      "    if False:\n      return \"interrupted\", time.time() - t0\n",
       "tests/test_run_safety.py::test_ctrl_c_right_after_a_checkpointed_chunk"),
     # --- checkpoint integrity (issue 14) ------------------------------------------------------------------
     M("checksum_not_verified", "checkpoints load without checking their sha256", CKPT,
