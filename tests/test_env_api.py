@@ -111,7 +111,8 @@ def test_bad_action_shape(backend):
 
 
 def test_list_envs():
-  assert envs.list_envs() == ["FetchPush-v4", "FetchPushDense-v4", "FetchReach-v4", "FetchReachDense-v4"]
+  assert envs.list_envs() == ["FetchPickAndPlace-v4", "FetchPickAndPlaceDense-v4", "FetchPush-v4", "FetchPushDense-v4",
+                              "FetchReach-v4", "FetchReachDense-v4", "FetchSlide-v4", "FetchSlideDense-v4"]
 
 
 def test_mjx_batches_are_chunked_on_cpu():
