@@ -65,9 +65,8 @@ class _HostSim:
     self.obs_size = task.obs_size
     self._fq, self._fv = np.array(self.ids.finger_qposadr), np.array(self.ids.finger_dofadr)
     self._quat_delta = np.array([1.0, 0.0, 1.0, 0.0])
-    # ctrl_set_action: position actuators (PickAndPlace's fingers) target their joint's qpos + the gripper action.
-    self._ctrl_qposadr = np.array([m.jnt_qposadr[m.actuator_trnid[i, 0]] for i in range(m.nu)], dtype=int)
-    self._ctrl_relative = np.array([m.actuator_biastype[i] != 0 for i in range(m.nu)], dtype=bool)
+    self._act_qposadr = np.array(self.ids.actuator_qposadr, int)
+    self._act_relative = np.array(self.ids.actuator_relative, bool)
 
   # Work on index ranges of the batch, one range per thread.
   def _parallel(self, fn, n):
@@ -177,7 +176,7 @@ class _HostSim:
     d.mocap_quat[0] = quat + self._quat_delta
     if m.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked), float32 widened to float64
       grip = 0.0 if self.task.block_gripper else np.float64(np.float32(action[3]))
-      d.ctrl[:] = np.where(self._ctrl_relative, d.qpos[self._ctrl_qposadr] + grip, grip)
+      d.ctrl[:] = np.where(self._act_relative, d.qpos[self._act_qposadr] + grip, grip)
     mujoco.mj_step(m, d, nstep=self.task.n_substeps)
 
   def physics_step(self, state, action):

@@ -150,9 +150,6 @@ class MjxPhysics:
                           time=jnp.asarray(reset.time, d0.time.dtype))
     self._on_cpu = jax.default_backend() == "cpu"
     self.observer = Observer(task, self.mj)
-    # ctrl_set_action: position actuators (PickAndPlace's fingers) target their joint's qpos + the gripper action.
-    self._ctrl_qposadr = np.array([self.mj.jnt_qposadr[self.mj.actuator_trnid[i, 0]] for i in range(self.mj.nu)], int)
-    self._ctrl_relative = np.array([self.mj.actuator_biastype[i] != 0 for i in range(self.mj.nu)], bool)
 
   # --- single-env functions ---------------------------------------------------------------
   def _kinematics(self, d):
@@ -187,7 +184,9 @@ class MjxPhysics:
                   mocap_quat=(d.xquat[g] + jnp.array([1.0, 0.0, 1.0, 0.0], d.xquat.dtype))[None])
     if self.mj.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked)
       grip = jnp.zeros_like(action[3]) if self.task.block_gripper else action[3]
-      d = d.replace(ctrl=jnp.where(self._ctrl_relative, d.qpos[self._ctrl_qposadr] + grip, grip).astype(d.ctrl.dtype))
+      ctrl = jnp.where(np.array(self.ids.actuator_relative),
+                       d.qpos[np.array(self.ids.actuator_qposadr, int)] + grip, grip)
+      d = d.replace(ctrl=ctrl.astype(d.ctrl.dtype))
     return jax.lax.fori_loop(0, self.task.n_substeps, lambda _, x: self._substep(x), d)
 
   def _observe_one(self, qpos, qvel):

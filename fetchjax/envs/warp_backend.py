@@ -180,9 +180,6 @@ class WarpPhysics:
     self.observer = Observer(task, self.mj)
     self._reset = reset
     self._fq = np.array(self.ids.finger_qposadr)
-    # ctrl_set_action: position actuators (PickAndPlace's fingers) target their joint's qpos + the gripper action.
-    self._ctrl_qposadr = np.array([self.mj.jnt_qposadr[self.mj.actuator_trnid[i, 0]] for i in range(self.mj.nu)], int)
-    self._ctrl_relative = np.array([self.mj.actuator_biastype[i] != 0 for i in range(self.mj.nu)], bool)
     self._step_worlds = _worlds(self._step_and_reset_flat)
     self._reset_worlds = _worlds(self._reset_flat)
     self.pixels = pixels
@@ -312,7 +309,8 @@ class WarpPhysics:
                   mocap_quat=(gripper_pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0], jnp.float32))[:, None])
     if self.mj.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked)
       grip = (jnp.zeros_like(action[:, 3]) if self.task.block_gripper else action[:, 3])[:, None]
-      d = d.replace(ctrl=jnp.where(self._ctrl_relative, d.qpos[:, self._ctrl_qposadr] + grip, grip))
+      d = d.replace(ctrl=jnp.where(np.array(self.ids.actuator_relative),
+                                   d.qpos[:, np.array(self.ids.actuator_qposadr, int)] + grip, grip))
     step = jax.vmap(mjx.step, in_axes=(None, 0))
     if self.config.fresh_jdotv:
       substep = lambda _, x: step(self.m, self._velocity_stage(x))  # noqa: E731
