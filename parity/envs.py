@@ -19,6 +19,8 @@ Each function returns a list of `report.Check`. Tolerances and why (docs/PHYSICS
   no exemption for finger-table contact), Push gripper and block <= 1e-3 m without block contact and in a scripted
   push until the gripper nears the block (measured <= 2.9e-6); the block during a push is reported without a bound
   (chaotic open-loop replay) and judged by the scripted success rate (3 pp).
+PickAndPlace and Slide (v4) get Push's object bounds, without the scripted push (its script is Push's; measured on
+warp: gripper <= 3.5e-6 m, block <= 5e-8 m; mjx runs PickAndPlace only: MJX-JAX has no box-cylinder collider).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import numpy as np
 from parity import scripted
 from parity.report import Check
 
-ENV_IDS = ("FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4")
+ENV_IDS = ("FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4", "FetchPickAndPlace-v4",
+           "FetchPickAndPlaceDense-v4", "FetchSlide-v4", "FetchSlideDense-v4")
 HORIZONS = (1, 10, 50)
 CPU_OBS_TOL = 1e-6
 MJX_TOL = {"reach": 1e-4, "push_no_contact": 1.5e-3, "push_contact": 1e-2, "beyond_reach": 5e-3,
@@ -125,14 +128,14 @@ def _touches_table(ref) -> bool:
   return False
 
 
-def _action_sequences(env_id: str, kind: str, rng) -> np.ndarray:
+def _action_sequences(has_object: bool, kind: str, rng) -> np.ndarray:
   if kind == "fixed":  # 20 / 15 / 10 cm over 50 steps: stays inside the arm's reach
     a = np.tile(np.array([0.08, -0.06, 0.04, 0.0], np.float32), (50, 1))
   elif kind == "fixed beyond reach":  # 1.5 m: the arm ends stretched against its joint limits, the weld far off
     a = np.tile(np.array([0.6, -0.4, 0.3, 0.0], np.float32), (50, 1))
   else:
     a = rng.uniform(-1, 1, (50, 4)).astype(np.float32)
-  if "Push" in env_id:
+  if has_object:
     a[:, 2] = np.abs(a[:, 2])  # before contact: drift upwards, away from the block
   return a
 
@@ -172,9 +175,9 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0, 
     return jax.lax.scan(body, s, acts)[1]
 
   ref = reference(env_id)
-  push = "Push" in env_id
+  push = env.task.has_object  # Push, PickAndPlace, Slide: the object's bounds (the scripted push: Push only)
   rng = np.random.default_rng(seed)
-  kinds = kinds or (("fixed", "random", "fixed beyond reach") + (("scripted push",) if push else ()))
+  kinds = kinds or (("fixed", "random", "fixed beyond reach") + (("scripted push",) if "Push" in env_id else ()))
   out = []
   for kind in kinds:
     theirs = np.zeros((n_episodes, 50, env.task.obs_size))
@@ -186,7 +189,7 @@ def trajectories(env_id: str, backend: str, n_episodes: int = 3, seed: int = 0, 
       ref.reset(seed=seed + 100 * e + 7)
       xys[e], goals[e] = task_of(ref)
       o = ref._get_obs()["observation"]
-      seq = None if kind == "scripted push" else _action_sequences(env_id, kind, rng)
+      seq = None if kind == "scripted push" else _action_sequences(push, kind, rng)
       for t in range(50):
         a = np.asarray(scripted.push(o, goals[e]), np.float32) if seq is None else seq[t]
         o, *_ = ref.step(a)
@@ -252,7 +255,8 @@ def _first_block_contact(obs: np.ndarray, radius: float = 0.06) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
   """fetchjax's task sampler vs reset(seed=i) of the reference: goal mean per axis (in standard errors), goal
-  std, and for Push the object's distance-to-gripper quantiles and the 10 cm rejection radius."""
+  std, and with an object its distance-to-gripper quantiles, the 10 cm rejection radius and the goal height
+  (PickAndPlace: half the goals lifted up to 45 cm)."""
   import jax
 
   from fetchjax import envs
@@ -268,29 +272,42 @@ def samplers(env_id: str, n: int = 2000, n_ref: int = 400) -> list[Check]:
     rxy.append(x)
     rg.append(goal)
   rxy, rg = np.array(rxy), np.array(rg)
+  task = env.task
+  r, r_obj = task.target_range, task.obj_range
+  offset = np.broadcast_to(np.asarray(task.target_offset, np.float64), (3,))  # Slide: 0.4 m along x
   dims = 2 if ref.has_object else 3
   se = np.sqrt(g[:, :dims].var(0) / n + rg[:, :dims].var(0) / n_ref)
   z = np.abs(g[:, :dims].mean(0) - rg[:, :dims].mean(0)) / se
-  std_rel = np.abs(g[:, :dims].std(0) / (0.3 / np.sqrt(12)) - 1)
+  std_rel = np.abs(g[:, :dims].std(0) / (2 * r / np.sqrt(12)) - 1)
   g0 = np.asarray(ref.initial_gripper_xpos, np.float64)
-  outside = np.abs(g[:, :dims] - g0[:dims]).max() - 0.15
+  outside = np.abs(g[:, :dims] - (g0 + offset)[:dims]).max() - r
   out = [Check("samplers", "goal mean |fetchjax - reference| / se (worst axis)", float(z.max()), 4.0, env_id, "se",
                f"{n} fetchjax vs {n_ref} reference goals"),
-         Check("samplers", "goal std vs uniform ±0.15 m, relative error (worst axis)", float(std_rel.max()), 0.08,
+         Check("samplers", f"goal std vs uniform ±{r:g} m, relative error (worst axis)", float(std_rel.max()), 0.08,
                env_id, "", f"{n} samples"),
-         Check("samplers", "goal beyond the ±0.15 m box around the initial gripper", max(float(outside), 0.0), 1e-6,
+         Check("samplers", f"goal beyond the ±{r:g} m box around the initial gripper"
+               + (f" + {tuple(offset)}" if offset.any() else ""), max(float(outside), 0.0), 1e-6,
                env_id, "m", f"{n} samples")]
   if ref.has_object:
     d, rd = np.linalg.norm(xy - g0[:2], axis=1), np.linalg.norm(rxy - g0[:2], axis=1)
     q = np.abs(np.quantile(d, [0.25, 0.5, 0.75]) - np.quantile(rd, [0.25, 0.5, 0.75]))
     out += [Check("samplers", "object distance to gripper, quartiles max abs diff", float(q.max()), 0.008, env_id,
                   "m", "uniform square minus a 10 cm disc"),
-            Check("samplers", "object beyond the ±0.15 m square around the gripper",
-                  max(float(np.abs(xy - g0[:2]).max() - 0.15), 0.0), 1e-6, env_id, "m"),
+            Check("samplers", f"object beyond the ±{r_obj:g} m square around the gripper",
+                  max(float(np.abs(xy - g0[:2]).max() - r_obj), 0.0), 1e-6, env_id, "m"),
             Check("samplers", "object min distance to gripper (rejection radius 0.1)", float(d.min()), 0.1, env_id,
                   "m", "must be >= 0.1", ok=bool(d.min() >= 0.1 - 1e-6)),
-            Check("samplers", "goal height = table height, max abs diff",
-                  float(np.abs(g[:, 2] - ref.height_offset).max()), 1e-6, env_id, "m")]
+    ]
+    lift = g[:, 2] - ref.height_offset
+    if not task.target_in_the_air:
+      out.append(Check("samplers", "goal height = table height, max abs diff", float(np.abs(lift).max()), 1e-6,
+                       env_id, "m"))
+    else:  # _sample_goal: with probability 0.5, z += uniform(0, 0.45)
+      beyond = max(float(-lift.min()), float(lift.max() - 0.45), 0.0)
+      frac, rfrac = (lift > 1e-6).mean(), (rg[:, 2] - ref.height_offset > 1e-6).mean()
+      out += [Check("samplers", "goal height outside [table, table + 0.45 m]", beyond, 1e-6, env_id, "m"),
+              Check("samplers", "fraction of goals in the air |fetchjax - reference|", float(abs(frac - rfrac)), 0.1,
+                    env_id, "", f"fetchjax {frac:.3f} vs reference {rfrac:.3f} (expected 0.5)")]
   return out
 
 

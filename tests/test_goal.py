@@ -6,7 +6,8 @@ from gymnasium_robotics.utils.rotations import euler2mat, mat2euler as ref_mat2e
 
 from fetchjax.envs import goal
 
-ENV_IDS = ["FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4"]
+ENV_IDS = ["FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4", "FetchPickAndPlace-v4",
+           "FetchPickAndPlaceDense-v4", "FetchSlide-v4", "FetchSlideDense-v4"]
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -23,6 +24,20 @@ def test_reward_and_success_bit_exact(env_id):
   env = envs.FetchEnv(envs.TASKS[env_id], 1, physics_backend=None)
   ag, dg = jnp.zeros((2, 3)), jnp.array([[0.05, 0.0, 0.0], [0.0, 0.2, 0.0]])
   assert env.compute_reward(ag, dg, {}).dtype == env.is_success(ag, dg).dtype == jnp.float32
+
+
+def test_vector_target_offset_shifts_the_goal_box():
+  """Slide's target_offset (0.4, 0, 0): the goal box moves 0.4 m along x; the z offset is overwritten by the table
+  height, as `_sample_goal` does; a scalar 0.0 (Reach/Push) leaves the draw unchanged, bit for bit."""
+  import jax
+
+  key, g0 = jax.random.PRNGKey(3), jnp.array([1.0, 0.75, 0.4])
+  kw = dict(has_object=True, target_range=0.3, height_offset=0.42)
+  base = goal.sample_goal(key, g0, **kw)
+  shifted = goal.sample_goal(key, g0, target_offset=(0.4, 0.0, 0.0), **kw)
+  np.testing.assert_allclose(np.asarray(shifted - base), [0.4, 0.0, 0.0], atol=1e-6)
+  assert float(shifted[2]) == np.float32(0.42)
+  np.testing.assert_array_equal(np.asarray(goal.sample_goal(key, g0, target_offset=0.0, **kw)), np.asarray(base))
 
 
 def test_boundary_distance_is_zero_reward_but_failure():

@@ -26,7 +26,8 @@ def push_script(obs, goal):
 
 
 @pytest.mark.parametrize("env_id,policy", [("FetchReach-v4", "random"), ("FetchPushDense-v4", "random"),
-                                           ("FetchPush-v4", "script")])
+                                           ("FetchPush-v4", "script"), ("FetchPickAndPlace-v4", "random"),
+                                           ("FetchSlideDense-v4", "random")])
 def test_cpu_backend_is_bit_exact(gym_make, env_id, policy):
   ref = gym_make(env_id)
   ref.reset(seed=5)
@@ -68,7 +69,9 @@ def test_threads_do_not_change_results():
   np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("env_id", ["FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4"])
+@pytest.mark.parametrize("env_id", ["FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDense-v4",
+                                    "FetchPickAndPlace-v4", "FetchPickAndPlaceDense-v4", "FetchSlide-v4",
+                                    "FetchSlideDense-v4"])
 def test_multi_episode_rollouts_match_gymnasium(env_id):
   """8 envs x 150 steps of random actions (three auto-resets each, per-env tasks, contact allowed): every
   observation component of every transition, the observation returned at each truncation (the next episode's

@@ -12,10 +12,11 @@ from parity import envs as parity_envs
 N = 2000
 
 
-@pytest.mark.parametrize("env_id", ["FetchReach-v4", "FetchPush-v4"])
+@pytest.mark.parametrize("env_id", ["FetchReach-v4", "FetchPush-v4", "FetchPickAndPlace-v4", "FetchSlide-v4"])
 def test_samplers_match_the_reference(env_id):
   checks = parity_envs.samplers(env_id, n=N)
-  assert len(checks) == (7 if "Push" in env_id else 3)
+  task = envs.TASKS[env_id]
+  assert len(checks) == (3 if not task.has_object else 8 if task.target_in_the_air else 7)
   failed = [f"{c.name}: {c.value:.3g} (bound {c.tol:g})" for c in checks if not c.passed]
   assert not failed, failed
 

@@ -1,4 +1,4 @@
-"""Fetch Reach/Push (gymnasium-robotics v4) as batched functional JAX environments."""
+"""Fetch Reach/Push/PickAndPlace/Slide (gymnasium-robotics v4) as batched functional JAX environments."""
 from __future__ import annotations
 
 from fetchjax.envs import reference
@@ -53,6 +53,7 @@ def make(env_id: str, num_envs: int = 1, backend: str = "auto", physics: str = "
   backend: "cpu" = C MuJoCo on the stock gymnasium-robotics model (bit-exact; host threads through
     jax.pure_callback), "mjx" = MJX-JAX on the edited model (any accelerator, autodiff), "warp" = MJX-Warp on the
     stock model (NVIDIA GPUs and CPUs; float32), "auto" = `default_backend()` (cpu on CPUs, warp on NVIDIA GPUs).
+    Slide runs on cpu and warp only: MJX-JAX has no box-cylinder collider for its puck (mjx raises a ValueError).
   physics (mjx, warp): "fast" (Newton capped at 8 iterations / 16 line-search steps) or "exact" (XML solver).
   jdotv (mjx only): add C MuJoCo's J̇·v weld term (keep on; off only to measure its effect).
   threads (cpu only): worker threads (default: all cores available to this process).

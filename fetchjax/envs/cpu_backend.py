@@ -42,6 +42,11 @@ class _HostSim:
     self.task, self.m, self.reset_state = task, m, reset
     self.ids = scene.SceneIds.of(m)
     self.nstate = mujoco.mj_stateSize(m, _STATE_SPEC)
+    # Without the blocked-finger mj_forward (PickAndPlace), gymnasium's next step reads the gripper pose that
+    # mj_step left: the kinematics before the last substep's integration, not those of the current qpos. That pose
+    # rides after the mjSTATE vector (pos 3 + quat 4); blocked tasks recompute it from qpos (same bits, no extra).
+    self.npose = 0 if task.block_gripper else 7
+    self.nrow = self.nstate + self.npose
     self.dt = task.n_substeps * m.opt.timestep
     self.threads = threads
     self._datas = [mujoco.MjData(m) for _ in range(threads)]
@@ -60,6 +65,8 @@ class _HostSim:
     self.obs_size = task.obs_size
     self._fq, self._fv = np.array(self.ids.finger_qposadr), np.array(self.ids.finger_dofadr)
     self._quat_delta = np.array([1.0, 0.0, 1.0, 0.0])
+    self._act_qposadr = np.array(self.ids.actuator_qposadr, int)
+    self._act_relative = np.array(self.ids.actuator_relative, bool)
 
   # Work on index ranges of the batch, one range per thread.
   def _parallel(self, fn, n):
@@ -103,7 +110,7 @@ class _HostSim:
   def _new_buffers(self, n):
     nv = self.m.nv
     # zeros, not empty: rows a step does not reset are never written and must stay finite.
-    return dict(state=np.zeros((n, self.nstate)), grip=np.zeros((n, 3)), jac=np.zeros((n, 3, 3, nv)),
+    return dict(state=np.zeros((n, self.nrow)), grip=np.zeros((n, 3)), jac=np.zeros((n, 3, 3, nv)),
                 qvel=np.zeros((n, nv)), fq=np.zeros((n, 2)), fv=np.zeros((n, 2)), opos=np.zeros((n, 3)),
                 omat=np.tile(np.eye(3), (n, 1, 1)))
 
@@ -119,7 +126,15 @@ class _HostSim:
     buf["qvel"][i] = d.qvel
     buf["fq"][i] = d.qpos[self._fq]
     buf["fv"][i] = d.qvel[self._fv]
-    mujoco.mj_getState(m, d, buf["state"][i], _STATE_SPEC)
+    self._get_state(d, buf["state"][i])
+
+  def _get_state(self, d, row):
+    """mjSTATE_INTEGRATION (+ the gripper pose the next step's mocap target starts from, see `npose`)."""
+    mujoco.mj_getState(self.m, d, row[:self.nstate], _STATE_SPEC)
+    if self.npose:
+      gid = self.ids.gripper_body
+      row[self.nstate:self.nstate + 3] = d.xpos[gid]
+      row[self.nstate + 3:] = d.xquat[gid]
 
   def _observations(self, buf):
     """`_get_obs` vectorised over the batch (float64, as upstream), returned as float32."""
@@ -150,23 +165,30 @@ class _HostSim:
   def _advance(self, d, state, action):
     """The physics of one env step from `state`: mocap target from the gripper pose, then the substeps."""
     m, gid = self.m, self.ids.gripper_body
-    mujoco.mj_setState(m, d, state, _STATE_SPEC)
-    mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
+    mujoco.mj_setState(m, d, state[:self.nstate], _STATE_SPEC)
+    if self.npose:  # the pose mj_step (or the reset's mj_forward) left
+      pos, quat = state[self.nstate:self.nstate + 3], state[self.nstate + 3:]
+    else:
+      mujoco.mj_kinematics(m, d)  # xpos/xquat of the gripper, as left by the last forward
+      pos, quat = d.xpos[gid], d.xquat[gid]
     # _set_action/mocap_set_action: 0.05*a in the action's dtype, added to the body pose in float64.
-    d.mocap_pos[0] = d.xpos[gid] + action[:3] * 0.05
-    d.mocap_quat[0] = d.xquat[gid] + self._quat_delta
+    d.mocap_pos[0] = pos + action[:3] * 0.05
+    d.mocap_quat[0] = quat + self._quat_delta
+    if m.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked), float32 widened to float64
+      grip = 0.0 if self.task.block_gripper else np.float64(np.float32(action[3]))
+      d.ctrl[:] = np.where(self._act_relative, d.qpos[self._act_qposadr] + grip, grip)
     mujoco.mj_step(m, d, nstep=self.task.n_substeps)
 
   def physics_step(self, state, action):
     """`_advance` alone for every env: no blocked fingers, observation or reset."""
     lead = state.shape[:-1]
-    st = np.ascontiguousarray(state).reshape(-1, 2 * self.nstate).view(np.float64).copy()
+    st = np.ascontiguousarray(state).reshape(-1, 2 * self.nrow).view(np.float64).copy()
     action = np.asarray(action).reshape(-1, 4)
 
     def work(d, idx):
       for i in idx:
         self._advance(d, st[i], action[i])
-        mujoco.mj_getState(self.m, d, st[i], _STATE_SPEC)
+        self._get_state(d, st[i])
 
     self._parallel(work, len(st))
     return st.view(np.uint32).reshape(lead + (-1,))
@@ -213,7 +235,7 @@ class _HostSim:
     """With goals (pixels): also the frames of the next observation and of the step's own (goal_last: the
     episode's goal; goal_next: the next observation's, a fresh one where an env resets)."""
     lead = state.shape[:-1]
-    state = np.ascontiguousarray(state).reshape(-1, 2 * self.nstate).view(np.float64)
+    state = np.ascontiguousarray(state).reshape(-1, 2 * self.nrow).view(np.float64)
     action = np.asarray(action).reshape(-1, 4)
     mask = np.asarray(reset_mask).reshape(-1)
     xy = np.asarray(reset_xy, np.float64).reshape(-1, 2)
@@ -332,7 +354,7 @@ class CPhysics:
 
   def _shapes(self, n):
     f32 = jnp.float32
-    return (jax.ShapeDtypeStruct((n, 2 * self.host.nstate), jnp.uint32),
+    return (jax.ShapeDtypeStruct((n, 2 * self.host.nrow), jnp.uint32),
             jax.ShapeDtypeStruct((n, self.task.obs_size), f32), jax.ShapeDtypeStruct((n, 3), f32))
 
   def reset(self, object_xy, exact_xy=None):
@@ -363,6 +385,6 @@ class CPhysics:
                   part(mujoco.mjtState.mjSTATE_MOCAP_QUAT))
 
   def physics_state(self, state) -> np.ndarray:
-    """The float64 mjSTATE_INTEGRATION vectors of a (batched) pipeline_state."""
+    """The float64 mjSTATE_INTEGRATION vectors of a (batched) pipeline_state (without the carried gripper pose)."""
     s = np.ascontiguousarray(np.asarray(state))
-    return s.reshape(s.shape[:-1] + (-1,)).view(np.float64)
+    return s.reshape(s.shape[:-1] + (-1,)).view(np.float64)[..., :self.host.nstate]

@@ -70,14 +70,15 @@ def sample_object_xy(key: jax.Array, initial_gripper_xy: jax.Array, obj_range: f
 
 
 def sample_goal(key: jax.Array, initial_gripper_xpos: jax.Array, *, has_object: bool,
-                target_range: float, target_offset: float = 0.0, height_offset: float = 0.0,
+                target_range: float, target_offset=0.0, height_offset: float = 0.0,
                 target_in_the_air: bool = False) -> jax.Array:
-  """`_sample_goal`: a ±target_range box around the initial grip position (object tasks: on the table)."""
+  """`_sample_goal`: a ±target_range box around the initial grip position (object tasks: on the table).
+  target_offset: a scalar or an (x, y, z) offset (Slide: 0.4 m along x, beyond the arm's reach)."""
   k_box, k_air, k_height = jax.random.split(key, 3)
   goal = initial_gripper_xpos + jax.random.uniform(k_box, (3,), minval=-target_range, maxval=target_range)
   if not has_object:
     return goal
-  goal = (goal + target_offset).at[2].set(height_offset)
+  goal = (goal + jnp.asarray(target_offset, goal.dtype)).at[2].set(height_offset)
   if target_in_the_air:
     lift = jax.random.uniform(k_height, (), minval=0.0, maxval=0.45)
     goal = goal.at[2].add(jnp.where(jax.random.uniform(k_air) < 0.5, lift, 0.0))

@@ -121,6 +121,16 @@ def make_substep(m: mjx.Model, mj: mujoco.MjModel, jdotv: bool = True):
   return substep
 
 
+def check_supported(task: FetchTask) -> None:
+  """One clear error where MJX-JAX cannot simulate a task: it has no box-cylinder collider (mujoco 3.x collision
+  table), so Slide's cylinder puck would fall through the box table unnoticed."""
+  m, _ = scene.stock_model(task)
+  obj = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "object0")
+  if obj >= 0 and m.geom_type[obj] == mujoco.mjtGeom.mjGEOM_CYLINDER:
+    raise ValueError(f"{task.env_id} cannot run on backend 'mjx': MJX-JAX has no box-cylinder collision (the puck "
+                     "would fall through the table); use backend cpu or warp")
+
+
 class MjxPhysics:
   """Batched MJX physics behind the backend interface used by `FetchEnv`."""
 
@@ -128,6 +138,7 @@ class MjxPhysics:
   render = None  # MJX-JAX has no batch renderer: the pixel issue renders through the warp backend
 
   def __init__(self, task: FetchTask, reset: scene.ResetState, physics: str = "fast", jdotv: bool = True):
+    check_supported(task)
     self.task = task
     self.mj = scene.edited_model(task, physics)
     self.ids = scene.SceneIds.of(self.mj)
@@ -158,8 +169,10 @@ class MjxPhysics:
   def _step_one(self, d, action):
     # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
     d = self._physics_one(d, action)
-    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then forward
-      d = d.replace(qpos=d.qpos.at[np.array(self.ids.finger_qposadr)].set(0.0))
+    if not self.task.block_gripper:  # no _step_callback: observation and next mocap target read the kinematics
+      return (d, *self._observe(d))  # the last substep computed (before its integration), as in C MuJoCo
+    # _step_callback: fingers to 0 (qvel untouched), then forward
+    d = d.replace(qpos=d.qpos.at[np.array(self.ids.finger_qposadr)].set(0.0))
     # Only kinematics is recomputed: the next mj_step recomputes everything else from qpos/qvel/warmstart,
     # and the observation reads only positions, frames and Jacobians.
     d = self._kinematics(d)
@@ -169,6 +182,11 @@ class MjxPhysics:
     g = self.ids.gripper_body
     d = d.replace(mocap_pos=(d.xpos[g] + action[:3] * 0.05)[None],
                   mocap_quat=(d.xquat[g] + jnp.array([1.0, 0.0, 1.0, 0.0], d.xquat.dtype))[None])
+    if self.mj.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked)
+      grip = jnp.zeros_like(action[3]) if self.task.block_gripper else action[3]
+      ctrl = jnp.where(np.array(self.ids.actuator_relative),
+                       d.qpos[np.array(self.ids.actuator_qposadr, int)] + grip, grip)
+      d = d.replace(ctrl=ctrl.astype(d.ctrl.dtype))
     return jax.lax.fori_loop(0, self.task.n_substeps, lambda _, x: self._substep(x), d)
 
   def _observe_one(self, qpos, qvel):

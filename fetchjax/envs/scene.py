@@ -53,6 +53,9 @@ class SceneIds:
   finger_dofadr: tuple[int, int]
   robot_joint_names: tuple[str, ...]
   object_qposadr: int  # -1 without object
+  # ctrl_set_action: a position actuator (biastype != 0: the fingers) targets its joint's qpos + the action
+  actuator_qposadr: tuple[int, ...]
+  actuator_relative: tuple[bool, ...]
 
   @staticmethod
   def of(m: mujoco.MjModel) -> "SceneIds":
@@ -72,6 +75,8 @@ class SceneIds:
         robot_joint_names=robot,
         object_qposadr=int(m.jnt_qposadr[_ids(m, mujoco.mjtObj.mjOBJ_JOINT, "object0:joint")])
         if has_obj else -1,
+        actuator_qposadr=tuple(int(m.jnt_qposadr[m.actuator_trnid[i, 0]]) for i in range(m.nu)),
+        actuator_relative=tuple(bool(m.actuator_biastype[i] != 0) for i in range(m.nu)),
     )
 
 

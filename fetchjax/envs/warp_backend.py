@@ -297,15 +297,20 @@ class WarpPhysics:
   def _step_data(self, d, action, gripper_pose):
     """One env step of a flat batch of worlds: mocap target, 20 substeps, blocked fingers, mj_forward."""
     d = self._physics_data(d, action, gripper_pose)
-    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then mj_forward
-      d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))
-    return self._forward(d)  # also what the observation reads (PickAndPlace would skip it: stale kinematics)
+    if not self.task.block_gripper:  # no _step_callback: the observation and the next mocap target read the
+      return d                       # kinematics mj_step left (before the last substep's integration), as C does
+    d = d.replace(qpos=d.qpos.at[:, self._fq].set(0.0))  # _step_callback: fingers to 0 (qvel untouched), mj_forward
+    return self._forward(d)  # also what the observation reads
 
   def _physics_data(self, d, action, gripper_pose):
     """Mocap target and the substeps of a flat batch of worlds."""
     # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
     d = d.replace(mocap_pos=(gripper_pose[:, :3] + action[:, :3] * 0.05)[:, None],
                   mocap_quat=(gripper_pose[:, 3:] + jnp.array([1.0, 0.0, 1.0, 0.0], jnp.float32))[:, None])
+    if self.mj.nu:  # _set_action: gripper ctrl [a3, a3] (zeros when blocked)
+      grip = (jnp.zeros_like(action[:, 3]) if self.task.block_gripper else action[:, 3])[:, None]
+      d = d.replace(ctrl=jnp.where(np.array(self.ids.actuator_relative),
+                                   d.qpos[:, np.array(self.ids.actuator_qposadr, int)] + grip, grip))
     step = jax.vmap(mjx.step, in_axes=(None, 0))
     if self.config.fresh_jdotv:
       substep = lambda _, x: step(self.m, self._velocity_stage(x))  # noqa: E731
