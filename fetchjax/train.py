@@ -63,15 +63,17 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def default_preset(algo: str = "ppo", env_id: str = DEFAULT_ENV, her: bool = False, pixels: bool = False) -> str:
-  """The book's settings on CPU (for off-policy + HER: the ch5 Reach or Push ones), `gpu` on an accelerator;
-  SAC on rendered frames: the book's ch9 Step 2 (`book_pixels`, on any device: no GPU pixel preset yet)."""
+  """The book's settings on CPU (for off-policy + HER: the ch5 Reach ones, or its Push ones for SAC on a task with
+  an object: Push, PickAndPlace, Slide), `gpu` on an accelerator; SAC on rendered frames: the book's ch9 Step 2
+  (`book_pixels`, on any device: no GPU pixel preset yet)."""
   if pixels and algo == "sac":
     return "book_pixels"
   if jax.default_backend() != "cpu":
     return "gpu"
   if algo == "ppo" or not her:
     return "book"
-  return "book_her_push" if "Push" in env_id and algo == "sac" else "book_her"
+  task = envs.TASKS.get(env_id)  # (an unknown id gets its error line where the env is configured)
+  return "book_her_push" if algo == "sac" and task is not None and task.has_object else "book_her"
 
 
 def chunk_updates(num_updates: int, done: int = 0, target_chunks: int = 25) -> int:

@@ -140,7 +140,7 @@ def test_constructors(reach):
   with pytest.raises(TypeError, match="env id"):
     BraxFetchEnv(3)
   with pytest.raises(ValueError, match="unknown env id"):
-    BraxFetchEnv("FetchSlide-v4")
+    BraxFetchEnv("FetchSlide-v3")
 
 
 def test_missing_brax_names_the_extra(monkeypatch):

@@ -81,3 +81,13 @@ def test_mjx_refuses_slide_with_one_clear_error(env_id):
   msg = str(e.value)
   assert "\n" not in msg and "cpu" in msg and "warp" in msg and env_id in msg
   assert time.perf_counter() - t0 < 10  # refused before any MJX model is built
+
+
+def test_sac_her_defaults_to_the_books_push_settings_on_every_object_task(monkeypatch):
+  from fetchjax import train as fj_train
+
+  monkeypatch.setattr(fj_train.jax, "default_backend", lambda: "cpu")  # the CPU presets (an accelerator: "gpu")
+  for env_id in ("FetchPush-v4", "FetchPickAndPlace-v4", "FetchSlideDense-v4"):
+    assert fj_train.default_preset("sac", env_id, her=True) == "book_her_push", env_id
+  assert fj_train.default_preset("sac", "FetchReach-v4", her=True) == "book_her"
+  assert fj_train.default_preset("td3", "FetchPickAndPlace-v4", her=True) == "book_her"

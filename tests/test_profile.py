@@ -142,7 +142,7 @@ def test_existing_profile_is_not_overwritten(report, capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["envs", "--envs", "FetchSlide-v4"], "unknown env 'FetchSlide-v4'"),
+    (["envs", "--envs", "FetchSlide-v3"], "unknown env 'FetchSlide-v3'"),
     (["envs", "--backends", "cpu,gpu"], "unknown backend 'gpu'"),
     (["envs", "--num-envs", "1,x"], "--num-envs must be positive integers"),
     (["envs", "--num-envs", "0"], "--num-envs must be positive integers"),
