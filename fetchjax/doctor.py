@@ -153,8 +153,8 @@ def check_envs(ctx: Context):
         raise AssertionError(f"{env_id}: obs[{name!r}] is not finite")
     reward = np.asarray(env.compute_reward(last["achieved_goal"], last["desired_goal"], None))
     got = np.asarray(nxt.reward)
-    # sparse: exact; dense (-distance): within 1 ulp, since XLA may contract the jitted distance with an FMA
-    # (docs/PHYSICS.md; seen on FetchReachDense-v4 with mujoco 3.17's reset state: -0.19319895 vs -0.19319896)
+    # sparse: exact; dense (-distance): within 1 ulp. Exact on XLA:CPU since goal_distance keeps FMAs out
+    # (docs/PHYSICS.md); the ulp allows for another device's sqrt or contraction
     ulp = np.spacing(np.abs(reward).astype(np.float32)) if env.task.reward_type == "dense" else 0.0
     if not np.all(np.abs(got - reward) <= ulp):
       raise AssertionError(f"{env_id}: step reward {got} != compute_reward {reward}")

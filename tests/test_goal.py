@@ -13,8 +13,9 @@ ENV_IDS = ["FetchReach-v4", "FetchReachDense-v4", "FetchPush-v4", "FetchPushDens
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_reward_and_success_bit_exact(env_id):
   """compute_reward / is_success vs gymnasium-robotics on goal pairs around the 5 cm threshold, eager and
-  jitted: the parity suite's check (its one home, with its tolerances: bit-exact, jitted dense rewards within
-  1 ulp because XLA may contract the distance with an FMA), plus the dtypes."""
+  jitted: the parity suite's check (its one home, with its tolerances: bit-exact, jitted too; jax 0.11's XLA:CPU
+  contracted the distance into FMAs, 2 ulp off, until goal_distance put its squares behind a barrier), plus the
+  dtypes."""
   from fetchjax import envs
   from parity import envs as parity_envs
 

@@ -10,14 +10,16 @@ import jax.numpy as jnp
 
 
 def goal_distance(goal_a: jax.Array, goal_b: jax.Array) -> jax.Array:
-  """np.linalg.norm(a - b, axis=-1) with numpy's summation order: bit-exact when run eagerly. Under jit,
-  XLA:CPU contracts the multiply-adds into FMAs, so results may differ from numpy by 1 ulp."""
+  """np.linalg.norm(a - b, axis=-1) with numpy's summation order, bit-exact eagerly and under jit: the squares
+  sit behind an optimization barrier, because XLA may contract the multiply-adds into FMAs (jax 0.11's XLA:CPU
+  does: up to 2 ulp off numpy, and a sparse reward could flip at the 5 cm threshold)."""
   if goal_a.shape[-1:] != goal_b.shape[-1:]:
     raise ValueError(f"goal shapes differ: {goal_a.shape} vs {goal_b.shape}")
   x = goal_a - goal_b
   if x.shape[-1] != 3:
     return jnp.linalg.norm(x, axis=-1)
-  return jnp.sqrt((x[..., 0] * x[..., 0] + x[..., 1] * x[..., 1]) + x[..., 2] * x[..., 2])
+  sq = jax.lax.optimization_barrier(x * x)
+  return jnp.sqrt((sq[..., 0] + sq[..., 1]) + sq[..., 2])
 
 
 def compute_reward(achieved_goal, desired_goal, info=None, *, reward_type: str = "sparse",
