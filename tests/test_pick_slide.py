@@ -91,3 +91,16 @@ def test_sac_her_defaults_to_the_books_push_settings_on_every_object_task(monkey
     assert fj_train.default_preset("sac", env_id, her=True) == "book_her_push", env_id
   assert fj_train.default_preset("sac", "FetchReach-v4", her=True) == "book_her"
   assert fj_train.default_preset("td3", "FetchPickAndPlace-v4", her=True) == "book_her"
+
+
+def test_full_parity_suite_skips_slide_on_mjx_with_the_backends_reason(tmp_path):
+  """The full suite's mjx checks (observations, trajectories) ask the backend's own check and record Slide as
+  skipped with its reason, rather than failing on the refused envs.make."""
+  import json
+
+  from parity.__main__ import main as parity_main
+
+  assert parity_main(["--envs", "FetchSlide-v4", "--only", "observations", "--skip", "warp",
+                      "--out", str(tmp_path)]) == 0
+  checks = json.loads((tmp_path / "parity_report.json").read_text())["checks"]
+  assert [c["name"] for c in checks] == ["mjx checks"] and "box-cylinder" in checks[0]["skipped"]
