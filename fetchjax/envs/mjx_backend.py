@@ -169,13 +169,13 @@ class MjxPhysics:
   def _step_one(self, d, action):
     # _set_action + mocap_set_action: target = current gripper_link pose + 0.05 a, quat + (1,0,1,0) unnormalised.
     d = self._physics_one(d, action)
-    if not self.task.block_gripper:  # no _step_callback: observation and next mocap target read the kinematics
-      return (d, *self._observe(d))  # the last substep computed (before its integration), as in C MuJoCo
-    # _step_callback: fingers to 0 (qvel untouched), then forward
-    d = d.replace(qpos=d.qpos.at[np.array(self.ids.finger_qposadr)].set(0.0))
-    # Only kinematics is recomputed: the next mj_step recomputes everything else from qpos/qvel/warmstart,
-    # and the observation reads only positions, frames and Jacobians.
-    d = self._kinematics(d)
+    # Without _step_callback (PickAndPlace), the observation and the next mocap target read the kinematics the
+    # last substep computed (before its integration), as in C MuJoCo.
+    if self.task.block_gripper:  # _step_callback: fingers to 0 (qvel untouched), then forward
+      d = d.replace(qpos=d.qpos.at[np.array(self.ids.finger_qposadr)].set(0.0))
+      # Only kinematics is recomputed: the next mj_step recomputes everything else from qpos/qvel/warmstart,
+      # and the observation reads only positions, frames and Jacobians.
+      d = self._kinematics(d)
     return (d, *self._observe(d))
 
   def _physics_one(self, d, action):
